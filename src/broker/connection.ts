@@ -1,0 +1,367 @@
+import type { Socket } from 'node:net';
+import mqttPacket from 'mqtt-packet';
+import type { Packet, Parser } from 'mqtt-packet';
+import { FrameReader, type FrameHandler } from '../mqtt/framer.js';
+import { hasMalformedUtf8 } from '../mqtt/utf8.js';
+import { ConnackReturnCode, ReasonCode, connackCodeForVersion } from '../mqtt/reason-codes.js';
+import { KEEPALIVE_TIMEOUT, malformedPacket, type CloseReason } from './close-reason.js';
+import type { Delivery, Session, SessionSink } from './session.js';
+import type { Will } from './will.js';
+import type { Broker, ListenerSettings } from './broker.js';
+import { dispatchPacket } from './handlers/dispatch.js';
+
+/**
+ * Bytes buffered in a socket before a connection counts as congested: QoS 1 and 2 messages then
+ * wait in the session queue, QoS 0 messages are dropped, and reading from the client pauses.
+ */
+const OUTPUT_BUFFER_LIMIT = 512 * 1024;
+
+/** How long a closing socket may take to flush its last packet before it is destroyed. */
+const CLOSE_FLUSH_MS = 1000;
+
+const EMPTY = Buffer.alloc(0);
+
+export type ConnectionState = 'connecting' | 'connected' | 'closed';
+
+let nextConnectionId = 1;
+
+/** One network connection of one MQTT client: framing, parsing, timers, writes and backpressure. */
+export class Connection implements SessionSink, FrameHandler {
+  readonly id: number;
+  readonly socket: Socket;
+  readonly broker: Broker;
+  readonly listener: ListenerSettings;
+  readonly remoteAddress: string;
+  readonly acknowledgesImmediately = false;
+  state: ConnectionState = 'connecting';
+  protocolVersion = 4;
+  clientId = '';
+  username: string | undefined = undefined;
+  session: Session | null = null;
+  /** The will from CONNECT, removed by a normal DISCONNECT. */
+  will: Will | null = null;
+  keepaliveSeconds = 0;
+  /** Receive Maximum, Maximum Packet Size and Topic Alias Maximum the v5 client announced. */
+  clientReceiveMaximum = 65535;
+  clientMaximumPacketSize = 0;
+  clientTopicAliasMaximum = 0;
+  requestProblemInformation = true;
+  /** Session Expiry Interval the v5 client asked for in CONNECT, before the broker's cap. */
+  requestedSessionExpiry = 0;
+  readonly incomingAliases = new Map<number, string>();
+  private readonly outgoingAliases = new Map<string, number>();
+  private readonly reader: FrameReader;
+  private readonly parser: Parser;
+  private currentFrame: Buffer = EMPTY;
+  private packetParsed = false;
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+  private connectTimer: NodeJS.Timeout | null = null;
+  private drainTimer: NodeJS.Timeout | null = null;
+  private congested = false;
+  private corked = false;
+  private socketError: string | null = null;
+
+  constructor(broker: Broker, socket: Socket, listener: ListenerSettings) {
+    this.id = nextConnectionId++;
+    this.broker = broker;
+    this.socket = socket;
+    this.listener = listener;
+    this.remoteAddress = `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}`;
+    this.reader = new FrameReader(broker.limits.maxPacketSize);
+    this.parser = mqttPacket.parser({ protocolVersion: 4 });
+    this.parser.on('packet', (packet: Packet) => this.onPacket(packet));
+    this.parser.on('error', (error: Error) => this.onParseError(error));
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.onDrain());
+    socket.on('error', (error: NodeJS.ErrnoException) => {
+      this.socketError = error.code ?? error.message;
+    });
+    socket.on('close', () => this.onSocketClose());
+    this.connectTimer = setTimeout(onConnectTimeout, broker.limits.connectTimeoutMs, this);
+  }
+
+  get sendQuota(): number {
+    return Math.min(this.broker.limits.maxInflightMessages, this.clientReceiveMaximum);
+  }
+
+  canSend(): boolean {
+    return this.state === 'connected' && !this.congested;
+  }
+
+  /** Reads the state through a call, because handlers may close the connection during parsing. */
+  isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  /** Label for logs: the client id once known, else the remote address. */
+  get label(): string {
+    return this.clientId === '' ? this.remoteAddress : this.clientId;
+  }
+
+  sendPublish(delivery: Delivery, packetId: number, dup: boolean): boolean {
+    if (this.state !== 'connected') return false;
+    const topic = delivery.message.topic;
+    let alias = 0;
+    let sendTopic = true;
+    let newAlias = false;
+    if (this.clientTopicAliasMaximum > 0) {
+      const known = this.outgoingAliases.get(topic);
+      if (known !== undefined) {
+        alias = known;
+        sendTopic = false;
+      } else if (this.outgoingAliases.size < this.clientTopicAliasMaximum) {
+        alias = this.outgoingAliases.size + 1;
+        newAlias = true;
+      }
+    }
+    const packet = this.broker.encoder.encode(delivery, this.protocolVersion, packetId, dup, alias, sendTopic);
+    // A message larger than the client's Maximum Packet Size is dropped as if sent [MQTT-3.1.2-25].
+    if (this.clientMaximumPacketSize > 0 && packet.length > this.clientMaximumPacketSize) return false;
+    if (newAlias) this.outgoingAliases.set(topic, alias);
+    this.broker.stats.publishSent++;
+    this.write(packet);
+    return true;
+  }
+
+  sendPubrel(packetId: number): void {
+    this.send({ cmd: 'pubrel', messageId: packetId });
+  }
+
+  /** Encodes and writes one packet for this client's protocol version. */
+  send(packet: Packet): void {
+    if (this.state === 'closed') return;
+    this.write(mqttPacket.generate(packet, { protocolVersion: this.protocolVersion }));
+  }
+
+  /** Writes encoded bytes, corking the socket until the end of the current tick to batch a burst. */
+  write(bytes: Buffer): void {
+    if (this.state === 'closed' || this.socket.destroyed) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(uncork, this);
+    }
+    const stats = this.broker.stats;
+    stats.messagesSent++;
+    stats.bytesSent += bytes.length;
+    this.socket.write(bytes);
+    if (!this.congested && this.socket.writableLength >= OUTPUT_BUFFER_LIMIT) {
+      this.congested = true;
+      this.socket.pause();
+      this.drainTimer = setTimeout(onDrainTimeout, this.broker.limits.drainTimeoutMs, this);
+    }
+  }
+
+  /** Flushes the writes batched since the socket was corked. */
+  uncork(): void {
+    this.corked = false;
+    this.socket.uncork();
+  }
+
+  /** Marks the connection as accepted by CONNACK and starts the keep alive timer. */
+  markConnected(): void {
+    this.state = 'connected';
+    if (this.connectTimer !== null) {
+      clearTimeout(this.connectTimer);
+      this.connectTimer = null;
+    }
+    // The server closes a connection silent for one and a half keep alive periods [MQTT-3.1.2-24].
+    if (this.keepaliveSeconds > 0) {
+      this.keepaliveTimer = setTimeout(onKeepaliveTimeout, this.keepaliveSeconds * 1500, this);
+    }
+  }
+
+  /**
+   * Refuses a CONNECT: sends CONNACK with the reason code translated for the client's protocol
+   * version, so a 3.1.1 client never sees a v5 code, then closes.
+   */
+  refuseConnect(reasonCode: number, message: string): void {
+    if (this.state !== 'connecting') return;
+    const code = connackCodeForVersion(reasonCode, this.protocolVersion);
+    const packet = this.protocolVersion === 5
+      ? { cmd: 'connack' as const, sessionPresent: false, reasonCode: code }
+      : { cmd: 'connack' as const, sessionPresent: false, returnCode: code };
+    this.send(packet);
+    this.close({ code: reasonCode, message, sendDisconnect: false, publishWill: false });
+  }
+
+  /** Ends the connection; the one place that closes a client, logs why and hands the session back. */
+  close(reason: CloseReason): void {
+    if (this.state === 'closed') return;
+    const wasConnected = this.state === 'connected';
+    if (reason.sendDisconnect && this.protocolVersion === 5 && !this.socket.destroyed) {
+      if (wasConnected) {
+        this.send({ cmd: 'disconnect', reasonCode: reason.code });
+      } else if (reason.code >= 0x80) {
+        this.send({ cmd: 'connack', sessionPresent: false, reasonCode: reason.code });
+      }
+    }
+    this.state = 'closed';
+    this.clearTimers();
+    this.broker.connectionClosed(this, reason, wasConnected);
+    this.parser.removeAllListeners('packet');
+    if (!this.socket.destroyed) {
+      this.socket.end();
+      setTimeout(destroySocket, CLOSE_FLUSH_MS, this.socket).unref();
+    }
+  }
+
+  onFrame(frame: Buffer): boolean {
+    if (this.state === 'closed') return false;
+    if (this.state === 'connecting' && !this.checkConnectFrame(frame)) return false;
+    this.currentFrame = frame;
+    this.packetParsed = false;
+    this.parser.parse(frame);
+    this.currentFrame = EMPTY;
+    if (!this.packetParsed && !this.isClosed()) {
+      this.close(malformedPacket('packet shorter than its fields'));
+    }
+    return !this.isClosed();
+  }
+
+  private onData(chunk: Buffer): void {
+    this.broker.stats.bytesReceived += chunk.length;
+    if (this.state === 'closed') return;
+    const error = this.reader.push(chunk, this);
+    if (error === 'too-large') {
+      this.close({
+        code: ReasonCode.PacketTooLarge,
+        message: `packet larger than limits.max_packet_size (${this.reader.maxPacketSize} bytes)`,
+        sendDisconnect: true,
+        publishWill: true,
+      });
+    } else if (error === 'malformed-length') {
+      this.close(malformedPacket('invalid remaining length'));
+    }
+  }
+
+  private onPacket(packet: Packet): void {
+    this.packetParsed = true;
+    if (this.state === 'closed') return;
+    this.broker.stats.messagesReceived++;
+    if (this.keepaliveTimer !== null) this.keepaliveTimer.refresh();
+    if (hasMalformedUtf8(packet, this.currentFrame, this.protocolVersion)) {
+      // [MQTT-1.5.4-1] A string that is not well-formed UTF-8 makes the packet malformed.
+      this.close(malformedPacket(`malformed UTF-8 in ${packet.cmd.toUpperCase()}`));
+      return;
+    }
+    try {
+      dispatchPacket(this, packet);
+    } catch (error) {
+      this.broker.logger.error('packet handling failed', {
+        client_id: this.clientId,
+        conn: this.id,
+        packet: packet.cmd,
+        error: error instanceof Error ? error.stack ?? error.message : String(error),
+      });
+      this.close({
+        code: ReasonCode.ImplementationSpecificError,
+        message: 'internal error while handling a packet',
+        sendDisconnect: true,
+        publishWill: true,
+      });
+    }
+  }
+
+  private onParseError(error: Error): void {
+    this.packetParsed = true;
+    this.close(malformedPacket(error.message));
+  }
+
+  /**
+   * Checks the first packet before parsing it: it must be CONNECT [MQTT-3.1.0-1], with a known
+   * protocol name [MQTT-3.1.2-1] and a supported level, else CONNACK 0x01 [MQTT-3.1.2-2].
+   */
+  private checkConnectFrame(frame: Buffer): boolean {
+    if (frame[0] >> 4 !== 1) {
+      this.close({ code: ReasonCode.ProtocolError, message: 'first packet was not CONNECT', sendDisconnect: false, publishWill: false });
+      return false;
+    }
+    let offset = 2;
+    while ((frame[offset - 1] & 0x80) !== 0) offset++;
+    if (offset + 2 > frame.length) return true; // the parser reports the short packet
+    const nameLength = frame.readUInt16BE(offset);
+    const levelOffset = offset + 2 + nameLength;
+    if (levelOffset >= frame.length) return true;
+    const name = frame.toString('latin1', offset + 2, levelOffset);
+    if (name !== 'MQTT' && name !== 'MQIsdp') {
+      this.close({ code: ReasonCode.ProtocolError, message: `unknown protocol name ${JSON.stringify(name)}`, sendDisconnect: false, publishWill: false });
+      return false;
+    }
+    const level = frame[levelOffset] & 0x7f;
+    const supported = name === 'MQTT' ? level === 4 || level === 5 : level === 3;
+    if (!supported) {
+      this.write(Buffer.from([0x20, 0x02, 0x00, ConnackReturnCode.UnacceptableProtocolVersion]));
+      this.close({
+        code: ReasonCode.UnsupportedProtocolVersion,
+        message: `unsupported protocol ${name} level ${level}`,
+        sendDisconnect: false,
+        publishWill: false,
+      });
+      return false;
+    }
+    this.protocolVersion = level;
+    return true;
+  }
+
+  private onDrain(): void {
+    if (!this.congested) return;
+    this.congested = false;
+    if (this.drainTimer !== null) {
+      clearTimeout(this.drainTimer);
+      this.drainTimer = null;
+    }
+    if (this.state === 'closed') return;
+    this.socket.resume();
+    this.session?.pump();
+  }
+
+  private onSocketClose(): void {
+    this.close({
+      code: ReasonCode.UnspecifiedError,
+      message: this.socketError === null ? 'connection closed by client' : `socket error ${this.socketError}`,
+      sendDisconnect: false,
+      publishWill: true,
+    });
+  }
+
+  private clearTimers(): void {
+    if (this.keepaliveTimer !== null) clearTimeout(this.keepaliveTimer);
+    if (this.connectTimer !== null) clearTimeout(this.connectTimer);
+    if (this.drainTimer !== null) clearTimeout(this.drainTimer);
+    this.keepaliveTimer = null;
+    this.connectTimer = null;
+    this.drainTimer = null;
+  }
+}
+
+function uncork(connection: Connection): void {
+  connection.uncork();
+}
+
+function destroySocket(socket: Socket): void {
+  socket.destroy();
+}
+
+function onConnectTimeout(connection: Connection): void {
+  connection.close({
+    code: ReasonCode.ProtocolError,
+    message: 'no CONNECT within limits.connect_timeout_seconds',
+    sendDisconnect: false,
+    publishWill: false,
+  });
+}
+
+function onKeepaliveTimeout(connection: Connection): void {
+  connection.close(KEEPALIVE_TIMEOUT);
+}
+
+function onDrainTimeout(connection: Connection): void {
+  connection.close({
+    code: ReasonCode.ServerBusy,
+    message: 'slow consumer: socket not drained within limits.drain_timeout_seconds',
+    sendDisconnect: false,
+    publishWill: true,
+  });
+}

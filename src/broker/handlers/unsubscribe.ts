@@ -1,0 +1,25 @@
+import type { IUnsubscribePacket } from 'mqtt-packet';
+import type { Connection } from '../connection.js';
+import { ReasonCode } from '../../mqtt/reason-codes.js';
+import { parseFilter } from '../../mqtt/topic.js';
+
+export function handleUnsubscribe(connection: Connection, packet: IUnsubscribePacket): void {
+  const session = connection.session;
+  if (session === null) return;
+  const codes: number[] = [];
+  for (const rawFilter of packet.unsubscriptions) {
+    const parsed = parseFilter(rawFilter, connection.broker.limits.maxTopicLevels);
+    if (typeof parsed === 'string') {
+      codes.push(ReasonCode.TopicFilterInvalid);
+      continue;
+    }
+    const removed = connection.broker.unsubscribe(session, rawFilter);
+    codes.push(removed ? ReasonCode.Success : ReasonCode.NoSubscriptionExisted);
+  }
+  // UNSUBACK carries the packet id of the UNSUBSCRIBE [MQTT-3.10.4-4]; only v5 has reason codes.
+  if (connection.protocolVersion === 5) {
+    connection.send({ cmd: 'unsuback', messageId: packet.messageId, granted: codes });
+  } else {
+    connection.send({ cmd: 'unsuback', messageId: packet.messageId, granted: [] });
+  }
+}
