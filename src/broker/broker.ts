@@ -238,7 +238,7 @@ export class Broker {
       this.sessions.set(clientId, session);
     } else {
       present = true; // [MQTT-3.2.2-2]
-      // A new connection before the Will Delay Interval ends cancels the will [MQTT-3.1.3-9 (v5)].
+      // A new connection before the Will Delay Interval ends cancels the will [MQTT-3.1.3-9].
       clearSessionTimers(session);
       session.pendingWill = null;
     }
@@ -318,7 +318,7 @@ export class Broker {
       if (will.delaySeconds === 0) {
         this.publishWill(will, session.clientId);
       } else {
-        // The will goes out when its delay or the session ends, whichever comes first [MQTT-3.1.3-9 (v5)].
+        // The will goes out when its delay or the session ends, whichever comes first [MQTT-3.1.3-9].
         session.pendingWill = will;
         const delayMs = Math.min(will.delaySeconds, session.expiryInterval) * 1000;
         session.willTimer = setTimeout(firePendingWill, Math.min(delayMs, MAX_TIMER_MS), this, session);
@@ -446,7 +446,7 @@ class DeliveryCollector implements MatchVisitor {
       this.targets.set(subscription.clientId, { qos, retain, subscriptionIds });
       return;
     }
-    // Overlapping subscriptions: one copy at the highest QoS [MQTT-3.3.4-2 (v5)], with every identifier.
+    // Overlapping subscriptions: one copy at the highest QoS [MQTT-3.3.4-2], with every identifier.
     if (qos > existing.qos) existing.qos = qos;
     if (retain) existing.retain = true;
     if (subscription.subscriptionId !== 0) existing.subscriptionIds.push(subscription.subscriptionId);

@@ -52,7 +52,8 @@ export class Connection implements SessionSink, FrameHandler {
   private readonly outgoingAliases = new Map<string, number>();
   private readonly reader: FrameReader;
   private readonly parser: Parser;
-  private currentFrame: Buffer = EMPTY;
+  /** Bytes of the packet being handled, for checks that mqtt-packet's decoding cannot make. */
+  currentFrame: Buffer = EMPTY;
   private packetParsed = false;
   private keepaliveTimer: NodeJS.Timeout | null = null;
   private connectTimer: NodeJS.Timeout | null = null;

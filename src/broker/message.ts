@@ -1,4 +1,5 @@
-import type { IPublishPacket, QoS, UserProperties } from 'mqtt-packet';
+import type { IPublishPacket, QoS } from 'mqtt-packet';
+import { userPropertyPairs, type UserProperty } from '../mqtt/publish-codec.js';
 
 /** The v5 PUBLISH properties that travel with a message from its publisher to its subscribers. */
 export interface ForwardedProperties {
@@ -6,7 +7,8 @@ export interface ForwardedProperties {
   contentType?: string;
   responseTopic?: string;
   correlationData?: Buffer;
-  userProperties?: UserProperties;
+  /** User properties in the order the publisher sent them. */
+  userProperties?: readonly UserProperty[];
 }
 
 /**
@@ -34,8 +36,14 @@ export function remainingExpirySeconds(message: Message, now: number): number {
   return Math.max(1, Math.ceil((message.expiresAt - now) / 1000));
 }
 
-/** Picks the properties that are forwarded unchanged to subscribers [MQTT-3.3.2-17, MQTT-3.3.2-18]. */
-export function forwardedProperties(properties: IPublishPacket['properties']): ForwardedProperties | null {
+/**
+ * Picks the properties that are forwarded unchanged to subscribers [MQTT-3.3.2-17] [MQTT-3.3.2-18].
+ * `orderedUserProperties`, read from the packet bytes, replaces mqtt-packet's grouping by name.
+ */
+export function forwardedProperties(
+  properties: IPublishPacket['properties'],
+  orderedUserProperties?: readonly UserProperty[],
+): ForwardedProperties | null {
   if (properties === undefined) return null;
   const out: ForwardedProperties = {};
   let any = false;
@@ -55,8 +63,9 @@ export function forwardedProperties(properties: IPublishPacket['properties']): F
     out.correlationData = properties.correlationData;
     any = true;
   }
-  if (properties.userProperties !== undefined) {
-    out.userProperties = properties.userProperties;
+  const userProperties = orderedUserProperties ?? userPropertyPairs(properties.userProperties);
+  if (userProperties !== undefined && userProperties.length > 0) {
+    out.userProperties = userProperties;
     any = true;
   }
   return any ? out : null;

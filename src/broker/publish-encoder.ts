@@ -1,9 +1,6 @@
-import mqttPacket from 'mqtt-packet';
-import type { IPublishPacket } from 'mqtt-packet';
+import { encodePublish } from '../mqtt/publish-codec.js';
 import type { Delivery } from './session.js';
 import { remainingExpirySeconds } from './message.js';
-
-type PublishProperties = NonNullable<IPublishPacket['properties']>;
 
 const DUP_FLAG = 0x08;
 
@@ -70,28 +67,23 @@ function encodeOne(
   sendTopic: boolean,
 ): Buffer {
   const message = delivery.message;
-  const packet: IPublishPacket = {
-    cmd: 'publish',
+  const properties = message.properties;
+  return encodePublish({
+    protocolVersion,
     topic: sendTopic ? message.topic : '',
     payload: message.payload,
     qos: delivery.qos,
     retain: delivery.retain,
     dup,
-  };
-  if (delivery.qos > 0) packet.messageId = packetId;
-  if (protocolVersion === 5) {
-    const properties: PublishProperties = message.properties === null ? {} : { ...message.properties };
-    if (message.expiresAt !== 0) {
-      // The interval sent on is the time the message has left [MQTT-3.3.2-6].
-      properties.messageExpiryInterval = remainingExpirySeconds(message, Date.now());
-    }
-    if (topicAlias !== 0) properties.topicAlias = topicAlias;
-    if (delivery.subscriptionIds.length === 1) {
-      properties.subscriptionIdentifier = delivery.subscriptionIds[0];
-    } else if (delivery.subscriptionIds.length > 1) {
-      properties.subscriptionIdentifier = [...delivery.subscriptionIds];
-    }
-    packet.properties = properties;
-  }
-  return mqttPacket.generate(packet, { protocolVersion });
+    packetId,
+    payloadFormatIndicator: properties?.payloadFormatIndicator,
+    // The interval sent on is the time the message has left [MQTT-3.3.2-6].
+    messageExpiryInterval: message.expiresAt === 0 ? undefined : remainingExpirySeconds(message, Date.now()),
+    contentType: properties?.contentType,
+    responseTopic: properties?.responseTopic,
+    correlationData: properties?.correlationData,
+    userProperties: properties?.userProperties,
+    topicAlias,
+    subscriptionIds: delivery.subscriptionIds,
+  });
 }

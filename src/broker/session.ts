@@ -161,7 +161,7 @@ export class Session {
 
   /**
    * Handles PUBREC; returns false when no QoS 2 message had this packet id. A reason code of 0x80
-   * or above ends the exchange without PUBREL [MQTT-4.3.3-4 (v5)].
+   * or above ends the exchange without PUBREL (MQTT 5.0 section 4.3.3).
    */
   received(packetId: number, reasonCode: number): boolean {
     const entry = this.inflight.get(packetId);

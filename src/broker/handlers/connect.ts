@@ -3,7 +3,7 @@ import type { IConnectPacket } from 'mqtt-packet';
 import type { Connection } from '../connection.js';
 import { ReasonCode } from '../../mqtt/reason-codes.js';
 import { checkTopicName } from '../../mqtt/topic.js';
-import { protocolError } from '../close-reason.js';
+import { malformedPacket, protocolError } from '../close-reason.js';
 import { forwardedProperties } from '../message.js';
 import type { Will } from '../will.js';
 
@@ -110,7 +110,7 @@ function applyClientLimits(connection: Connection, properties: ConnectProperties
 function chooseClientId(connection: Connection, packet: IConnectPacket, version: number): string | null {
   const clientId = packet.clientId;
   if (clientId.includes('\u0000')) {
-    connection.refuseConnect(ReasonCode.ClientIdentifierNotValid, 'client id contains U+0000');
+    connection.close(malformedPacket('client id contains U+0000')); // [MQTT-1.5.4-2]
     return null;
   }
   if (clientId.length > 0) {
@@ -132,6 +132,10 @@ function chooseClientId(connection: Connection, packet: IConnectPacket, version:
 /** Validates the will; returns undefined after closing the connection when it is invalid. */
 function parseWill(connection: Connection, will: NonNullable<IConnectPacket['will']>): Will | undefined {
   const problem = checkTopicName(will.topic, connection.broker.limits.maxTopicLevels);
+  if (problem === 'null-character') {
+    connection.close(malformedPacket('will topic contains U+0000')); // [MQTT-1.5.4-2]
+    return undefined;
+  }
   if (problem !== null) {
     if (connection.protocolVersion === 5) {
       connection.refuseConnect(ReasonCode.TopicNameInvalid, `invalid will topic (${problem})`);

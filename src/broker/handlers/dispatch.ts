@@ -46,7 +46,7 @@ export function dispatchPacket(connection: Connection, packet: Packet): void {
       return;
     case 'auth':
       // Enhanced authentication is not offered, so CONNECT never carried an Authentication
-      // Method and any AUTH packet is a Protocol Error [MQTT-4.12.0-6 (v5)].
+      // Method, and a client that named none must not send AUTH [MQTT-4.12.0-7].
       connection.close(protocolError('AUTH received but enhanced authentication is not supported'));
       return;
     default:

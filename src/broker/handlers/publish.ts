@@ -4,6 +4,7 @@ import { ReasonCode } from '../../mqtt/reason-codes.js';
 import { checkTopicName } from '../../mqtt/topic.js';
 import { malformedPacket, protocolError } from '../close-reason.js';
 import { forwardedProperties, type Message } from '../message.js';
+import { scanPublishProperties, type UserProperty } from '../../mqtt/publish-codec.js';
 
 type PublishProperties = NonNullable<IPublishPacket['properties']>;
 
@@ -22,7 +23,20 @@ const CLIENT_PUBLISH_PROPERTIES = new Set([
 export function handlePublish(connection: Connection, packet: IPublishPacket): void {
   const broker = connection.broker;
   const properties: PublishProperties = packet.properties ?? {};
-  if (connection.protocolVersion === 5 && !checkProperties(connection, properties)) return;
+  let userProperties: readonly UserProperty[] | undefined;
+  if (connection.protocolVersion === 5) {
+    const scan = scanPublishProperties(connection.currentFrame, packet.qos);
+    if (scan === null) {
+      connection.close(malformedPacket('invalid PUBLISH property section'));
+      return;
+    }
+    if (scan.repeatedPropertyId !== 0) {
+      connection.close(protocolError(`PUBLISH property 0x${scan.repeatedPropertyId.toString(16)} appears more than once`));
+      return;
+    }
+    if (!checkProperties(connection, properties)) return;
+    userProperties = scan.userProperties;
+  }
 
   const topic = resolveTopic(connection, packet.topic, properties.topicAlias);
   if (topic === null) return;
@@ -32,8 +46,13 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
     acknowledge(connection, packet, ReasonCode.TopicNameInvalid);
     return;
   }
+  if (problem === 'null-character') {
+    // U+0000 in a UTF-8 string makes the packet malformed [MQTT-1.5.4-2].
+    connection.close(malformedPacket('topic name contains U+0000'));
+    return;
+  }
   if (problem !== null) {
-    // Wildcards in a topic name [MQTT-3.3.2-2] and U+0000 [MQTT-4.7.3-2] are not allowed.
+    // A topic name holds no wildcard [MQTT-3.3.2-2].
     connection.close(protocolError(`invalid topic name (${problem})`, ReasonCode.TopicNameInvalid));
     return;
   }
@@ -42,7 +61,7 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
   if (session === null) return;
   const packetId = packet.messageId ?? 0;
   if (packet.qos === 2 && session.awaitingRelease.has(packetId)) {
-    // A resent QoS 2 PUBLISH whose PUBREL has not arrived is not delivered again [MQTT-4.3.3-9 (v5)].
+    // A resent QoS 2 PUBLISH whose PUBREL has not arrived is not delivered again (MQTT 5.0 section 4.3.3).
     connection.send({ cmd: 'pubrec', messageId: packetId });
     return;
   }
@@ -64,7 +83,7 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
     payload: typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload,
     qos: packet.qos,
     retain: packet.retain,
-    properties: connection.protocolVersion === 5 ? forwardedProperties(properties) : null,
+    properties: connection.protocolVersion === 5 ? forwardedProperties(properties, userProperties) : null,
     expiresAt: expiry === undefined ? 0 : Date.now() + expiry * 1000,
     origin: connection.clientId,
   };
@@ -88,11 +107,6 @@ function checkProperties(connection: Connection, properties: PublishProperties):
   for (const key of Object.keys(properties)) {
     if (!CLIENT_PUBLISH_PROPERTIES.has(key)) {
       connection.close(malformedPacket(`property ${key} is not allowed in PUBLISH`));
-      return false;
-    }
-    const value = (properties as Record<string, unknown>)[key];
-    if (key !== 'userProperties' && Array.isArray(value)) {
-      connection.close(protocolError(`property ${key} appears more than once`));
       return false;
     }
   }

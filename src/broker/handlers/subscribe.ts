@@ -2,7 +2,7 @@ import type { ISubscribePacket, QoS } from 'mqtt-packet';
 import type { Connection } from '../connection.js';
 import { ReasonCode, SubackFailure } from '../../mqtt/reason-codes.js';
 import { parseFilter } from '../../mqtt/topic.js';
-import { protocolError } from '../close-reason.js';
+import { malformedPacket, protocolError } from '../close-reason.js';
 import type { Subscription } from '../subscription.js';
 
 export function handleSubscribe(connection: Connection, packet: ISubscribePacket): void {
@@ -28,6 +28,10 @@ export function handleSubscribe(connection: Connection, packet: ISubscribePacket
   const accepted: Array<{ subscription: Subscription; existed: boolean }> = [];
   for (const request of packet.subscriptions) {
     const parsed = parseFilter(request.topic, broker.limits.maxTopicLevels);
+    if (parsed === 'null-character') {
+      connection.close(malformedPacket('topic filter contains U+0000')); // [MQTT-1.5.4-2]
+      return;
+    }
     if (typeof parsed === 'string') {
       codes.push(v5 ? ReasonCode.TopicFilterInvalid : SubackFailure);
       continue;

@@ -2,6 +2,7 @@ import type { IUnsubscribePacket } from 'mqtt-packet';
 import type { Connection } from '../connection.js';
 import { ReasonCode } from '../../mqtt/reason-codes.js';
 import { parseFilter } from '../../mqtt/topic.js';
+import { malformedPacket } from '../close-reason.js';
 
 export function handleUnsubscribe(connection: Connection, packet: IUnsubscribePacket): void {
   const session = connection.session;
@@ -9,6 +10,10 @@ export function handleUnsubscribe(connection: Connection, packet: IUnsubscribePa
   const codes: number[] = [];
   for (const rawFilter of packet.unsubscriptions) {
     const parsed = parseFilter(rawFilter, connection.broker.limits.maxTopicLevels);
+    if (parsed === 'null-character') {
+      connection.close(malformedPacket('topic filter contains U+0000')); // [MQTT-1.5.4-2]
+      return;
+    }
     if (typeof parsed === 'string') {
       codes.push(ReasonCode.TopicFilterInvalid);
       continue;
