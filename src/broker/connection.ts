@@ -135,6 +135,20 @@ export class Connection implements SessionSink, FrameHandler {
     this.write(mqttPacket.generate(packet, { protocolVersion: this.protocolVersion }));
   }
 
+  /**
+   * Sends `packet`, or `fallback` (the same packet without optional properties) when the first
+   * is larger than the Maximum Packet Size the client announced [MQTT-3.1.2-24].
+   */
+  sendWithinLimit(packet: Packet, fallback: Packet): void {
+    if (this.state === 'closed') return;
+    const bytes = mqttPacket.generate(packet, { protocolVersion: this.protocolVersion });
+    if (this.clientMaximumPacketSize > 0 && bytes.length > this.clientMaximumPacketSize) {
+      this.send(fallback);
+    } else {
+      this.write(bytes);
+    }
+  }
+
   /** Writes encoded bytes, corking the socket until the end of the current tick to batch a burst. */
   write(bytes: Buffer): void {
     if (this.state === 'closed' || this.socket.destroyed) return;
@@ -180,10 +194,14 @@ export class Connection implements SessionSink, FrameHandler {
   refuseConnect(reasonCode: number, message: string): void {
     if (this.state !== 'connecting') return;
     const code = connackCodeForVersion(reasonCode, this.protocolVersion);
-    const packet = this.protocolVersion === 5
-      ? { cmd: 'connack' as const, sessionPresent: false, reasonCode: code }
-      : { cmd: 'connack' as const, sessionPresent: false, returnCode: code };
-    this.send(packet);
+    if (this.protocolVersion === 5) {
+      this.sendWithinLimit(
+        { cmd: 'connack', sessionPresent: false, reasonCode: code, properties: { reasonString: message } },
+        { cmd: 'connack', sessionPresent: false, reasonCode: code },
+      );
+    } else {
+      this.send({ cmd: 'connack', sessionPresent: false, returnCode: code });
+    }
     this.close({ code: reasonCode, message, sendDisconnect: false, publishWill: false });
   }
 
@@ -192,10 +210,16 @@ export class Connection implements SessionSink, FrameHandler {
     if (this.state === 'closed') return;
     const wasConnected = this.state === 'connected';
     if (reason.sendDisconnect && this.protocolVersion === 5 && !this.socket.destroyed) {
+      // A Reason String is allowed on DISCONNECT and CONNACK whatever Request Problem
+      // Information says [MQTT-3.1.2-29]; it tells the user what the broker objected to.
+      const properties = { reasonString: reason.message };
       if (wasConnected) {
-        this.send({ cmd: 'disconnect', reasonCode: reason.code });
+        this.sendWithinLimit({ cmd: 'disconnect', reasonCode: reason.code, properties }, { cmd: 'disconnect', reasonCode: reason.code });
       } else if (reason.code >= 0x80) {
-        this.send({ cmd: 'connack', sessionPresent: false, reasonCode: reason.code });
+        this.sendWithinLimit(
+          { cmd: 'connack', sessionPresent: false, reasonCode: reason.code, properties },
+          { cmd: 'connack', sessionPresent: false, reasonCode: reason.code },
+        );
       }
     }
     this.state = 'closed';
