@@ -350,9 +350,9 @@ describe('outpost.example.yaml', () => {
   });
 
   it('shows every key', () => {
-    const shown = new Set<string>();
-    collectPaths(parseYaml(readFileSync(examplePath, 'utf8')), '', shown);
-    expect([...shown].sort()).toEqual(keyPaths(configSchema).sort());
+    const examplePaths = new Set<string>();
+    collectPaths(parseYaml(readFileSync(examplePath, 'utf8')), '', examplePaths);
+    expect([...examplePaths].sort()).toEqual(keyPaths(configSchema).sort());
   });
 });
 
