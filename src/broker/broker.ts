@@ -3,6 +3,7 @@ import type { QoS } from 'mqtt-packet';
 import type { ListenerConfig, OutpostConfig } from '../config/schema.js';
 import type { Logger } from '../service/logger.js';
 import { ReasonCode } from '../mqtt/reason-codes.js';
+import { parseFilter } from '../mqtt/topic.js';
 import { SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER, type CloseReason } from './close-reason.js';
 import { Connection } from './connection.js';
 import { SESSION_NEVER_EXPIRES } from './handlers/connect.js';
@@ -17,6 +18,8 @@ import type { Subscription } from './subscription.js';
 import { SubscriptionTree, type MatchVisitor, type SharedGroup } from './subscription-tree.js';
 import { SysPublisher } from './sys.js';
 import type { Will } from './will.js';
+import { openDatabase } from '../store/database.js';
+import { Store, type DurabilityCallback, type StoredSession } from '../store/store.js';
 
 export type ListenerSettings = ListenerConfig;
 
@@ -54,7 +57,9 @@ export class Broker {
   readonly limits: BrokerLimits;
   readonly stats = new BrokerStats();
   readonly encoder = new PublishEncoder();
-  readonly retained = new RetainedStore();
+  readonly retained: RetainedStore;
+  /** The SQLite store, or null when persistence is off. */
+  store: Store | null = null;
   private readonly sessions = new Map<string, Session>();
   private readonly connections = new Set<Connection>();
   private readonly connectionsPerListener = new Map<ListenerSettings, number>();
@@ -68,17 +73,23 @@ export class Broker {
     this.config = config;
     this.logger = logger;
     this.limits = limitsFromConfig(config);
+    this.retained = new RetainedStore({
+      maxMessages: config.limits.max_retained_messages,
+      maxBytes: config.limits.max_retained_bytes,
+    });
     this.sessionEvents = { dropped: (session, delivery, reason) => this.onDropped(session, delivery, reason) };
   }
 
   /** Binds every listener; rejects with the first bind error after closing those already bound. */
   async start(): Promise<void> {
+    if (this.config.persistence.enabled) this.openStore();
     for (const settings of this.config.listeners) {
       const listener = new Listener(settings, (socket) => this.accept(socket, settings), this.logger);
       try {
         await listener.listen();
       } catch (error) {
         await this.closeListeners();
+        this.closeStore();
         throw error;
       }
       this.listeners.push(listener);
@@ -101,6 +112,7 @@ export class Broker {
     for (const connection of [...this.connections]) connection.close(SERVER_SHUTTING_DOWN);
     for (const session of this.sessions.values()) clearSessionTimers(session);
     await closing;
+    this.closeStore();
     this.logger.info('broker stopped');
   }
 
@@ -122,6 +134,20 @@ export class Broker {
     return client;
   }
 
+  /** False while the store refuses writes (disk or database size bound full). */
+  get storeWritable(): boolean {
+    return this.store === null || this.store.writable;
+  }
+
+  /** Calls back once everything written so far is committed; at once without a store. */
+  whenDurable(callback: DurabilityCallback): void {
+    if (this.store === null) {
+      callback(true);
+    } else {
+      this.store.whenDurable(callback);
+    }
+  }
+
   get subscriptionCount(): number {
     return this.tree.size;
   }
@@ -135,7 +161,13 @@ export class Broker {
    * number of sessions it was delivered to.
    */
   route(message: Message): number {
-    if (message.retain) this.retained.set(message); // [MQTT-3.3.1-5]
+    if (message.retain && !this.retained.set(message)) { // [MQTT-3.3.1-5]
+      this.logger.limited('warn', 'retained-full', REPEAT_LOG_MS, 'retained message not stored: retained limit reached', {
+        topic: message.topic,
+        retained_messages: this.retained.size,
+        retained_bytes: this.retained.bytes,
+      });
+    }
     const collector = new DeliveryCollector(message);
     this.tree.match(message.topic, collector);
     let count = 0;
@@ -166,6 +198,7 @@ export class Broker {
     const existed = session.subscriptions.has(subscription.rawFilter);
     session.subscriptions.set(subscription.rawFilter, subscription); // replaces [MQTT-3.8.4-3]
     this.tree.add(subscription);
+    session.store?.saveSubscription(subscription);
     return existed;
   }
 
@@ -174,6 +207,7 @@ export class Broker {
     if (subscription === undefined) return false;
     session.subscriptions.delete(rawFilter);
     this.tree.remove(session.clientId, subscription.filter, subscription.shareGroup);
+    session.store?.deleteSubscription(session.clientId, rawFilter);
     return true;
   }
 
@@ -218,7 +252,7 @@ export class Broker {
    * Finds or creates the session for a connecting client. An existing connection with the same
    * client id is closed first [MQTT-3.1.4-3]; Clean Start discards an existing session [MQTT-3.1.2-4].
    */
-  attachSession(clientId: string, cleanStart: boolean, expiry: number): { session: Session; present: boolean } {
+  attachSession(clientId: string, cleanStart: boolean, expiry: number, will: Will | null): { session: Session; present: boolean } {
     let session = this.sessions.get(clientId);
     if (session !== undefined && session.sink instanceof Connection) {
       session.sink.close(SESSION_TAKEN_OVER);
@@ -243,6 +277,11 @@ export class Broker {
       session.pendingWill = null;
     }
     session.expiryInterval = expiry;
+    if (this.store !== null && expiry > 0) {
+      session.store = this.store;
+      // The will is stored with the session so that a crash of the broker still sends it.
+      this.store.saveSession({ clientId, expiryInterval: expiry, expiresAt: 0, will, willAt: 0 });
+    }
     return { session, present };
   }
 
@@ -308,21 +347,22 @@ export class Broker {
     session.detach();
     const will = reason.publishWill ? connection.will : null;
     connection.will = null;
-    if (!this.running) return;
     if (session.expiryInterval === 0) {
       if (will !== null) this.publishWill(will, session.clientId);
       this.endSession(session);
       return;
     }
-    if (will !== null) {
-      if (will.delaySeconds === 0) {
-        this.publishWill(will, session.clientId);
-      } else {
-        // The will goes out when its delay or the session ends, whichever comes first [MQTT-3.1.3-9].
-        session.pendingWill = will;
-        const delayMs = Math.min(will.delaySeconds, session.expiryInterval) * 1000;
-        session.willTimer = setTimeout(firePendingWill, Math.min(delayMs, MAX_TIMER_MS), this, session);
-      }
+    const publishNow = will !== null && will.delaySeconds === 0;
+    if (publishNow) this.publishWill(will, session.clientId);
+    const delayedWill = publishNow ? null : will;
+    this.saveDisconnectedSession(session, delayedWill);
+    // While stopping, no timers are armed: the store keeps the deadlines for the next start.
+    if (!this.running) return;
+    if (delayedWill !== null) {
+      // The will goes out when its delay or the session ends, whichever comes first [MQTT-3.1.3-9].
+      session.pendingWill = delayedWill;
+      const delayMs = Math.min(delayedWill.delaySeconds, session.expiryInterval) * 1000;
+      session.willTimer = setTimeout(firePendingWill, Math.min(delayMs, MAX_TIMER_MS), this, session);
     }
     if (session.expiryInterval !== SESSION_NEVER_EXPIRES) {
       this.armExpiry(session, Date.now() + session.expiryInterval * 1000);
@@ -349,6 +389,8 @@ export class Broker {
     const will = session.pendingWill;
     session.pendingWill = null;
     if (this.sessions.get(session.clientId) === session) this.sessions.delete(session.clientId);
+    session.store?.deleteSession(session.clientId);
+    session.store = null;
     for (const subscription of session.subscriptions.values()) {
       this.tree.remove(session.clientId, subscription.filter, subscription.shareGroup);
     }
@@ -372,6 +414,111 @@ export class Broker {
   /** Publishes a broker status value on a retained `$SYS` topic. */
   publishSys(topic: string, value: string): void {
     this.route({ topic, payload: Buffer.from(value), qos: 0, retain: true, properties: null, expiresAt: 0, origin: '' });
+  }
+
+  /** Records when a stored session expires and when its will is due, after its client left. */
+  private saveDisconnectedSession(session: Session, will: Will | null): void {
+    const store = session.store;
+    if (store === null || session.expiryInterval === 0) return;
+    const now = Date.now();
+    const never = session.expiryInterval === SESSION_NEVER_EXPIRES;
+    store.saveSession({
+      clientId: session.clientId,
+      expiryInterval: session.expiryInterval,
+      expiresAt: never ? 0 : now + session.expiryInterval * 1000,
+      will,
+      willAt: will !== null ? now + Math.min(will.delaySeconds, session.expiryInterval) * 1000 : 0,
+    });
+  }
+
+  /** Forgets the stored will of a session once it was published. */
+  willPublished(session: Session): void {
+    const store = session.store;
+    if (store === null) return;
+    const never = session.expiryInterval === SESSION_NEVER_EXPIRES;
+    const expiresAt = session.sink !== null || never ? 0 : Date.now() + session.expiryInterval * 1000;
+    store.saveSession({ clientId: session.clientId, expiryInterval: session.expiryInterval, expiresAt, will: null, willAt: 0 });
+  }
+
+  private openStore(): void {
+    const persistence = this.config.persistence;
+    const db = openDatabase(
+      {
+        dataDir: this.config.data_dir,
+        synchronous: persistence.synchronous,
+        maxDatabaseBytes: persistence.max_database_bytes,
+      },
+      this.logger,
+    );
+    const store = new Store(db, persistence.batch_window_ms, this.logger);
+    this.store = store;
+    this.retained.attach(store, store.loadRetainedIndex());
+    this.restoreSessions(store);
+    this.logger.info('state database opened', {
+      path: db.name,
+      sessions: this.sessions.size,
+      subscriptions: this.tree.size,
+      retained: this.retained.size,
+    });
+  }
+
+  private closeStore(): void {
+    if (this.store === null) return;
+    try {
+      this.store.close();
+    } catch (error) {
+      this.logger.error('closing the state database failed', { error: error instanceof Error ? error.message : String(error) });
+    }
+    this.store = null;
+  }
+
+  /**
+   * Rebuilds the stored sessions and their subscriptions without reading queued payloads, then
+   * schedules session expiry and wills. A session whose client was connected when the broker
+   * stopped counts as disconnected now.
+   */
+  private restoreSessions(store: Store): void {
+    const queueTotals = store.queueTotals();
+    const inflightSeq = store.inflightMaxSeq();
+    const incoming = new Map<string, number[]>();
+    for (const row of store.loadIncoming()) {
+      const ids = incoming.get(row.clientId) ?? [];
+      ids.push(row.packetId);
+      incoming.set(row.clientId, ids);
+    }
+    const stored: StoredSession[] = store.loadSessions();
+    for (const row of stored) {
+      const session = new Session(row.clientId, this.sessionLimits(), this.sessionEvents);
+      session.expiryInterval = row.expiryInterval;
+      session.store = store;
+      session.restore(queueTotals.get(row.clientId), inflightSeq.get(row.clientId) ?? 0, incoming.get(row.clientId) ?? []);
+      this.sessions.set(row.clientId, session);
+    }
+    for (const row of store.loadSubscriptions()) {
+      const session = this.sessions.get(row.clientId);
+      const parsed = parseFilter(row.rawFilter, this.limits.maxTopicLevels);
+      if (session === undefined || typeof parsed === 'string') {
+        store.deleteSubscription(row.clientId, row.rawFilter);
+        continue;
+      }
+      const subscription: Subscription = { ...row, filter: parsed.filter, shareGroup: parsed.shareGroup };
+      session.subscriptions.set(subscription.rawFilter, subscription);
+      this.tree.add(subscription);
+    }
+    const now = Date.now();
+    for (const row of stored) {
+      const session = this.sessions.get(row.clientId);
+      if (session === undefined) continue;
+      const wasConnected = row.expiresAt === 0;
+      if (row.will !== null) {
+        const due = row.willAt !== 0 ? row.willAt : now + Math.min(row.will.delaySeconds, session.expiryInterval) * 1000;
+        session.pendingWill = row.will;
+        session.willTimer = setTimeout(firePendingWill, Math.min(Math.max(due - now, 0), MAX_TIMER_MS), this, session);
+      }
+      if (session.expiryInterval === SESSION_NEVER_EXPIRES) continue;
+      const deadline = wasConnected ? now + session.expiryInterval * 1000 : row.expiresAt;
+      this.armExpiry(session, deadline);
+    }
   }
 
   private armExpiry(session: Session, deadline: number): void {
@@ -487,7 +634,9 @@ function firePendingWill(broker: Broker, session: Session): void {
   session.willTimer = null;
   const will = session.pendingWill;
   session.pendingWill = null;
-  if (will !== null) broker.publishWill(will, session.clientId);
+  if (will === null) return;
+  broker.publishWill(will, session.clientId);
+  broker.willPublished(session);
 }
 
 function onExpiryTimer(broker: Broker, session: Session, deadline: number): void {

@@ -45,7 +45,8 @@ export const SERVER_SHUTTING_DOWN: CloseReason = {
   code: ReasonCode.ServerShuttingDown,
   message: 'server shutting down',
   sendDisconnect: true,
-  publishWill: false,
+  // The client did not send DISCONNECT, so its will is due; a delayed will is stored for the next start.
+  publishWill: true,
 };
 
 export const KEEPALIVE_TIMEOUT: CloseReason = {

@@ -2,6 +2,7 @@ import type { QoS } from 'mqtt-packet';
 import { isExpired, type Message } from './message.js';
 import type { Subscription } from './subscription.js';
 import type { Will } from './will.js';
+import type { QueueTotals, Store } from '../store/store.js';
 
 /**
  * Where a session's outgoing messages go while a client is attached: a network connection or an
@@ -28,9 +29,16 @@ export interface Delivery {
   readonly subscriptionIds: readonly number[];
 }
 
+/** A queued delivery with its place in the session's order. */
+interface QueuedDelivery {
+  readonly seq: number;
+  readonly delivery: Delivery;
+}
+
 /** An outgoing QoS 1 or 2 message that the client has not acknowledged yet. */
 interface InflightEntry {
   readonly delivery: Delivery;
+  readonly seq: number;
   /** True once PUBREC arrived and PUBREL was sent (QoS 2 only). */
   released: boolean;
 }
@@ -48,8 +56,18 @@ export interface SessionEvents {
 }
 
 /**
+ * Queued messages of a stored session that are kept in memory while its client is connected;
+ * the rest stay in the store and are read in batches of this size as the queue drains.
+ */
+const MEMORY_QUEUE_WINDOW = 100;
+
+/**
  * The state of one client id that can outlive its connection: subscriptions, messages waiting to
  * be sent, outgoing messages awaiting acknowledgement and incoming QoS 2 ids awaiting PUBREL.
+ *
+ * A session with a store writes every queued and in-flight message to it, and keeps only a
+ * window of them in memory while its client is connected and none while it is offline, so that
+ * memory does not grow with the stored backlog.
  */
 export class Session {
   readonly clientId: string;
@@ -59,15 +77,23 @@ export class Session {
   /** Session Expiry Interval in seconds; 0 ends the session with its connection, 0xFFFFFFFF never. */
   expiryInterval = 0;
   expiryTimer: NodeJS.Timeout | null = null;
-  /** Incoming QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not arrived. */
-  readonly awaitingRelease = new Set<number>();
   /** A will whose delay is running after its connection closed. */
   pendingWill: Will | null = null;
   willTimer: NodeJS.Timeout | null = null;
+  /** The store that keeps this session across restarts, or null for a session held in memory only. */
+  store: Store | null = null;
 
+  /** Incoming QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not arrived. */
+  private readonly awaitingRelease = new Set<number>();
   private readonly inflight = new Map<number, InflightEntry>();
-  private readonly queue: Delivery[] = [];
+  /** True while `inflight` holds every in-flight message; false after a stored session went offline. */
+  private inflightLoaded = true;
+  private memoryQueue: QueuedDelivery[] = [];
+  /** Queued messages that are in the store but not in `memoryQueue`; they come after it in order. */
+  private storedOnly = 0;
+  private queuedCount = 0;
   private queuedBytes = 0;
+  private nextSeq = 1;
   private nextPacketId = 1;
   private readonly limits: SessionLimits;
   private readonly events: SessionEvents;
@@ -82,8 +108,18 @@ export class Session {
     return this.inflight.size;
   }
 
-  get queuedCount(): number {
-    return this.queue.length;
+  get queuedMessages(): number {
+    return this.queuedCount;
+  }
+
+  /** Restores the counters of a stored session after a restart, without reading its messages. */
+  restore(totals: QueueTotals | undefined, maxInflightSeq: number, incoming: readonly number[]): void {
+    this.queuedCount = totals?.count ?? 0;
+    this.queuedBytes = totals?.bytes ?? 0;
+    this.storedOnly = this.queuedCount;
+    this.nextSeq = Math.max(totals?.maxSeq ?? 0, maxInflightSeq) + 1;
+    this.inflightLoaded = false;
+    for (const packetId of incoming) this.awaitingRelease.add(packetId);
   }
 
   /** Sends a message now when the client can take it, or queues it within the session's limits. */
@@ -99,8 +135,8 @@ export class Session {
         if (!sink.sendPublish(delivery, 0, false)) this.events.dropped(this, delivery, 'too-large');
         return;
       }
-      if (this.queue.length === 0 && this.inflight.size < sink.sendQuota) {
-        this.sendNew(sink, delivery);
+      if (this.queuedCount === 0 && this.inflight.size < sink.sendQuota) {
+        this.sendNew(sink, delivery, this.nextSeq++);
         return;
       }
     }
@@ -112,19 +148,22 @@ export class Session {
     const sink = this.sink;
     if (sink === null) return;
     const now = Date.now();
-    while (this.queue.length > 0 && sink.canSend()) {
-      const head = this.queue[0];
-      if (head.qos > 0 && this.inflight.size >= sink.sendQuota) return;
-      this.queue.shift();
-      this.queuedBytes -= head.message.payload.length;
-      if (isExpired(head.message, now)) {
-        this.events.dropped(this, head, 'expired');
+    while (this.queuedCount > 0 && sink.canSend()) {
+      if (this.memoryQueue.length === 0 && !this.refillMemoryQueue()) return;
+      const head = this.memoryQueue[0];
+      if (head.delivery.qos > 0 && this.inflight.size >= sink.sendQuota) return;
+      this.memoryQueue.shift();
+      this.queuedCount--;
+      this.queuedBytes -= head.delivery.message.payload.length;
+      this.store?.deleteQueued(this.clientId, head.seq);
+      if (isExpired(head.delivery.message, now)) {
+        this.events.dropped(this, head.delivery, 'expired');
         continue;
       }
-      if (head.qos === 0) {
-        if (!sink.sendPublish(head, 0, false)) this.events.dropped(this, head, 'too-large');
+      if (head.delivery.qos === 0) {
+        if (!sink.sendPublish(head.delivery, 0, false)) this.events.dropped(this, head.delivery, 'too-large');
       } else {
-        this.sendNew(sink, head);
+        this.sendNew(sink, head.delivery, head.seq);
       }
     }
   }
@@ -135,27 +174,39 @@ export class Session {
    */
   resume(sink: SessionSink): void {
     this.sink = sink;
+    if (!this.inflightLoaded && this.store !== null) {
+      for (const stored of this.store.loadInflight(this.clientId)) {
+        this.inflight.set(stored.packetId, { delivery: stored.delivery, seq: stored.seq, released: stored.released });
+      }
+    }
+    this.inflightLoaded = true;
     for (const [packetId, entry] of this.inflight) {
       if (entry.released) {
         sink.sendPubrel(packetId);
       } else if (!sink.sendPublish(entry.delivery, packetId, true)) {
         this.inflight.delete(packetId);
+        this.store?.deleteInflight(this.clientId, packetId);
         this.events.dropped(this, entry.delivery, 'too-large');
       }
     }
     this.pump();
   }
 
+  /** Detaches the client; a stored session also drops its messages from memory. */
   detach(): void {
     this.sink = null;
+    if (this.store === null) return;
+    this.storedOnly += this.memoryQueue.length;
+    this.memoryQueue = [];
+    this.inflight.clear();
+    this.inflightLoaded = false;
   }
 
   /** Handles PUBACK; returns false when no QoS 1 message had this packet id. */
   acknowledge(packetId: number): boolean {
     const entry = this.inflight.get(packetId);
     if (entry === undefined || entry.delivery.qos !== 1) return false;
-    this.inflight.delete(packetId);
-    this.pump();
+    this.finish(packetId);
     return true;
   }
 
@@ -167,11 +218,13 @@ export class Session {
     const entry = this.inflight.get(packetId);
     if (entry === undefined || entry.delivery.qos !== 2) return false;
     if (reasonCode >= 0x80) {
-      this.inflight.delete(packetId);
-      this.pump();
+      this.finish(packetId);
       return true;
     }
-    entry.released = true;
+    if (!entry.released) {
+      entry.released = true;
+      this.store?.markReleased(this.clientId, packetId);
+    }
     return true;
   }
 
@@ -179,23 +232,53 @@ export class Session {
   complete(packetId: number): boolean {
     const entry = this.inflight.get(packetId);
     if (entry === undefined || !entry.released) return false;
-    this.inflight.delete(packetId);
-    this.pump();
+    this.finish(packetId);
+    return true;
+  }
+
+  hasIncoming(packetId: number): boolean {
+    return this.awaitingRelease.has(packetId);
+  }
+
+  get incomingCount(): number {
+    return this.awaitingRelease.size;
+  }
+
+  /** Records an incoming QoS 2 packet id whose PUBREC is being sent. */
+  addIncoming(packetId: number): void {
+    this.awaitingRelease.add(packetId);
+    this.store?.saveIncoming(this.clientId, packetId);
+  }
+
+  /** Handles PUBREL; returns false when the packet id was not awaiting release. */
+  releaseIncoming(packetId: number): boolean {
+    if (!this.awaitingRelease.delete(packetId)) return false;
+    this.store?.deleteIncoming(this.clientId, packetId);
     return true;
   }
 
   /** Drops every queued and unacknowledged message, as a clean start or the session's end does. */
   clearMessages(): void {
     this.inflight.clear();
-    this.queue.length = 0;
+    this.memoryQueue = [];
+    this.storedOnly = 0;
+    this.queuedCount = 0;
     this.queuedBytes = 0;
     this.awaitingRelease.clear();
+    this.store?.deleteSessionMessages(this.clientId);
   }
 
-  private sendNew(sink: SessionSink, delivery: Delivery): void {
+  private finish(packetId: number): void {
+    this.inflight.delete(packetId);
+    this.store?.deleteInflight(this.clientId, packetId);
+    this.pump();
+  }
+
+  private sendNew(sink: SessionSink, delivery: Delivery, seq: number): void {
     const packetId = this.allocatePacketId();
     if (sink.sendPublish(delivery, packetId, false)) {
-      this.inflight.set(packetId, { delivery, released: false });
+      this.inflight.set(packetId, { delivery, seq, released: false });
+      this.store?.saveInflight(this.clientId, packetId, seq, delivery);
     } else {
       this.events.dropped(this, delivery, 'too-large');
     }
@@ -209,14 +292,42 @@ export class Session {
     }
     const size = delivery.message.payload.length;
     if (
-      this.queue.length >= this.limits.maxQueuedMessages ||
+      this.queuedCount >= this.limits.maxQueuedMessages ||
       (this.limits.maxQueuedBytes > 0 && this.queuedBytes + size > this.limits.maxQueuedBytes)
     ) {
       this.events.dropped(this, delivery, 'queue-full');
       return;
     }
-    this.queue.push(delivery);
+    const seq = this.nextSeq++;
+    const store = this.store;
+    if (store !== null) store.saveQueued(this.clientId, seq, delivery);
+    const inMemory = store === null || (this.sink !== null && this.storedOnly === 0 && this.memoryQueue.length < MEMORY_QUEUE_WINDOW);
+    if (inMemory) {
+      this.memoryQueue.push({ seq, delivery });
+    } else {
+      this.storedOnly++;
+    }
+    this.queuedCount++;
     this.queuedBytes += size;
+  }
+
+  /** Reads the next batch of stored messages into memory; returns false when none could be read. */
+  private refillMemoryQueue(): boolean {
+    if (this.store === null || this.storedOnly === 0) {
+      this.queuedCount = this.memoryQueue.length;
+      return false;
+    }
+    const batch = this.store.loadQueued(this.clientId, MEMORY_QUEUE_WINDOW);
+    if (batch.length === 0) {
+      // The store lost rows (a failed commit): count only what memory still holds.
+      this.storedOnly = 0;
+      this.queuedCount = 0;
+      this.queuedBytes = 0;
+      return false;
+    }
+    this.memoryQueue = batch;
+    this.storedOnly = Math.max(0, this.storedOnly - batch.length);
+    return true;
   }
 
   private allocatePacketId(): number {

@@ -5,6 +5,7 @@
 
 import { BlockList, isIP, isIPv4 } from 'node:net';
 
+import { fieldSchema } from '../field/config-schema.js';
 import { LOG_LEVELS } from '../service/logger.js';
 import { array, boolean, enumOf, integer, object, string, type Infer } from './schema-kit.js';
 
@@ -33,6 +34,46 @@ function isHostNameOrAddress(host: string): boolean {
   return host.length <= 253 && host.split('.').every((label) => HOST_NAME_LABEL.test(label));
 }
 
+const tlsSchema = object(
+  {
+    cert_file: string({
+      description: 'PEM file with the server certificate, followed by any intermediate certificates. Re-read on SIGHUP.',
+      default: '',
+    }),
+    key_file: string({
+      description: 'PEM file with the private key of the server certificate. Re-read on SIGHUP.',
+      default: '',
+    }),
+    ca_file: string({
+      description: 'PEM file with the CA certificates that client certificates must chain to. Empty: Node.js\'s built-in CA list. Re-read on SIGHUP.',
+      default: '',
+    }),
+    require_certificate: boolean({
+      description: 'Require every client to present a certificate signed by a CA in `ca_file`; the TLS handshake fails otherwise.',
+      default: false,
+    }),
+    use_identity_as_username: boolean({
+      description:
+        'Use the Common Name (CN) of the client certificate as the user name, ignoring the user name and password in CONNECT, like Mosquitto\'s option of the same name. Needs `require_certificate`.',
+      default: false,
+    }),
+    use_subject_as_username: boolean({
+      description:
+        'Use the whole subject of the client certificate in RFC 2253 form (e.g. `CN=pump-7,O=Plant`) as the user name, like Mosquitto\'s option of the same name. Needs `require_certificate`.',
+      default: false,
+    }),
+    min_version: enumOf(['TLSv1.2', 'TLSv1.3'], {
+      description: 'Oldest TLS version accepted.',
+      default: 'TLSv1.2',
+    }),
+    ciphers: string({
+      description: 'OpenSSL cipher list for TLS 1.2 and older. Empty: Node.js\'s default list.',
+      default: '',
+    }),
+  },
+  { description: 'TLS settings of an `mqtts` or `wss` listener.', name: 'tls' },
+);
+
 const listenerSchema = object(
   {
     name: string({
@@ -54,10 +95,17 @@ const listenerSchema = object(
       min: 0,
       max: MAX_UINT16,
     }),
-    protocol: enumOf(['mqtt'], {
-      description: 'Transport: `mqtt` is MQTT over plain TCP.',
+    protocol: enumOf(['mqtt', 'mqtts', 'ws', 'wss'], {
+      description:
+        'Transport: `mqtt` is MQTT over plain TCP, `mqtts` MQTT over TLS, `ws` MQTT over WebSocket and `wss` MQTT over WebSocket over TLS (HTTPS). `mqtts` and `wss` need `tls.cert_file` and `tls.key_file`.',
       default: 'mqtt',
     }),
+    path: string({
+      description: 'URL path of the WebSocket endpoint (`ws` and `wss` only). Upgrade requests for other paths get HTTP 404.',
+      default: '/mqtt',
+      format: { describe: 'URL path starting with /', test: (value) => value.startsWith('/') && !/\s/.test(value) },
+    }),
+    tls: tlsSchema,
     allow_anonymous: boolean({
       description: 'Accept clients that connect without a user name.',
       derivedDefault: {
@@ -69,6 +117,33 @@ const listenerSchema = object(
       description: 'Maximum number of clients connected through this listener at once. 0 leaves only the broker-wide `limits.max_connections`.',
       default: 1000,
       min: 0,
+    }),
+    password_file: string({
+      description:
+        'Mosquitto password file (as written by `mosquitto_passwd` or `outpost passwd`) that clients of this listener log in with. Empty: no password file, so only anonymous clients (if allowed), certificate identities and the auth plugin admit clients. Re-read on SIGHUP.',
+      default: '',
+    }),
+    acl_file: string({
+      description:
+        'Mosquitto ACL file that limits which topics clients of this listener may publish, subscribe to and receive. Empty: every client may use every topic, except publishing to `$SYS`. Re-read on SIGHUP.',
+      default: '',
+    }),
+    connection_rate: integer({
+      description: 'New connections one source address may open per second on this listener (a burst of this size is allowed, then this rate). 0 turns the limit off.',
+      min: 0,
+      max: 100_000,
+      unit: 'connections per second',
+      derivedDefault: {
+        describe: '`0` (off) when `host` is a loopback address, otherwise `20`',
+        compute: ({ siblings }) => (typeof siblings.host === 'string' && isLoopbackHost(siblings.host) ? 0 : 20),
+      },
+    }),
+    max_packet_size: integer({
+      description: 'Largest MQTT packet accepted from a client of this listener. 0 uses `limits.max_packet_size`; a larger value is capped by it.',
+      default: 0,
+      min: 0,
+      max: 268_435_455,
+      unit: 'bytes',
     }),
   },
   { description: 'One network endpoint that accepts MQTT clients.', name: 'listener' },
@@ -168,8 +243,94 @@ const limitsSchema = object(
       max: MAX_UINT32,
       unit: 'seconds',
     }),
+    max_client_buffer_bytes: integer({
+      description:
+        'Cap on the bytes buffered for all network clients together: partly received packets and data written but not yet sent. Above it, new connections are refused and the clients with the largest buffers are disconnected (checked once per second).',
+      default: 67_108_864,
+      min: 1_048_576,
+      unit: 'bytes',
+    }),
+    max_retained_messages: integer({
+      description: 'Maximum number of retained messages. A retained message on a new topic beyond it is delivered but not retained.',
+      default: 100_000,
+      min: 0,
+    }),
+    max_retained_bytes: integer({
+      description: 'Maximum total payload size of retained messages. 0 means no limit.',
+      default: 268_435_456,
+      min: 0,
+      unit: 'bytes',
+    }),
   },
   { description: 'Bounds on connections, packets and per-client queues.' },
+);
+
+const persistenceSchema = object(
+  {
+    enabled: boolean({
+      description:
+        'Keep retained messages, sessions, subscriptions and queued messages in the SQLite database `outpost.db` in `data_dir`, so that they survive a restart.',
+      default: true,
+    }),
+    batch_window_ms: integer({
+      description:
+        'Writes within this window are committed in one transaction, and QoS 1/2 acknowledgements wait for that commit. A longer window means fewer writes to the SD card and more latency.',
+      default: 5,
+      min: 0,
+      max: 1000,
+      unit: 'milliseconds',
+    }),
+    synchronous: enumOf(['full', 'normal'], {
+      description:
+        'SQLite synchronous mode. `full` syncs every commit, so an acknowledged message survives power loss. `normal` syncs at checkpoints only: fewer writes, and a power loss can lose the last commits (a process crash cannot).',
+      default: 'full',
+    }),
+    max_database_bytes: integer({
+      description:
+        'Upper bound of the database file. When it is reached, QoS 1/2 messages are refused (v5 reason 0x97) until space is freed. 0 means no limit.',
+      default: 1_073_741_824,
+      min: 0,
+      unit: 'bytes',
+    }),
+  },
+  { description: 'Durable state in SQLite.' },
+);
+
+const authSchema = object(
+  {
+    plugin: string({
+      description:
+        'JavaScript module (an ES module or CommonJS file) exporting `authenticate` and/or `authorize` hooks that are asked before the listener\'s own settings; see docs/security.md. Empty: no plugin.',
+      default: '',
+    }),
+    plugin_timeout_ms: integer({
+      description: 'Time a plugin hook may take before `plugin_fallback` applies. The client\'s packets wait meanwhile.',
+      default: 2000,
+      min: 1,
+      max: 60_000,
+      unit: 'milliseconds',
+    }),
+    plugin_fallback: enumOf(['deny', 'defer', 'allow'], {
+      description:
+        'Decision when a plugin hook throws, rejects, times out or returns something other than true, false, undefined or null: `deny`, `defer` to the listener\'s own settings, or `allow`.',
+      default: 'deny',
+    }),
+    login_delay_initial_ms: integer({
+      description: 'Delay before a failed login is answered. Each further failure from the same address within 10 minutes doubles it. 0 turns the delay off.',
+      default: 500,
+      min: 0,
+      max: 60_000,
+      unit: 'milliseconds',
+    }),
+    login_delay_max_ms: integer({
+      description: 'Upper bound of the failed-login delay.',
+      default: 10_000,
+      min: 0,
+      max: 600_000,
+      unit: 'milliseconds',
+    }),
+  },
+  { description: 'Authentication settings shared by all listeners.' },
 );
 
 const sysSchema = object(
@@ -193,7 +354,29 @@ export const configSchema = object(
       minItems: 1,
       unique: { describe: 'name', key: (listener) => listener.name },
       default: [
-        { name: 'default', host: '127.0.0.1', port: 1883, protocol: 'mqtt', allow_anonymous: true, max_connections: 1000 },
+        {
+          name: 'default',
+          host: '127.0.0.1',
+          port: 1883,
+          protocol: 'mqtt',
+          path: '/mqtt',
+          tls: {
+            cert_file: '',
+            key_file: '',
+            ca_file: '',
+            require_certificate: false,
+            use_identity_as_username: false,
+            use_subject_as_username: false,
+            min_version: 'TLSv1.2',
+            ciphers: '',
+          },
+          allow_anonymous: true,
+          max_connections: 1000,
+          password_file: '',
+          acl_file: '',
+          connection_rate: 0,
+          max_packet_size: 0,
+        },
       ],
     }),
     data_dir: string({
@@ -203,7 +386,10 @@ export const configSchema = object(
     }),
     log: logSchema,
     limits: limitsSchema,
+    persistence: persistenceSchema,
+    auth: authSchema,
     sys: sysSchema,
+    field: fieldSchema,
   },
   { description: 'The Outpost configuration file.' },
 );

@@ -26,7 +26,7 @@ export function handlePubrec(connection: Connection, packet: IPubrecPacket): voi
  */
 export function handlePubrel(connection: Connection, packet: IPubrelPacket): void {
   const packetId = packet.messageId ?? 0;
-  const known = connection.session?.awaitingRelease.delete(packetId) ?? false;
+  const known = connection.session?.releaseIncoming(packetId) ?? false;
   if (known || connection.protocolVersion < 5) {
     connection.send({ cmd: 'pubcomp', messageId: packetId });
   } else {

@@ -68,7 +68,7 @@ export function handleConnect(connection: Connection, packet: IConnectPacket): v
   connection.username = packet.username;
   connection.will = will;
 
-  const { session, present } = connection.broker.attachSession(clientId, cleanStart, expiry);
+  const { session, present } = connection.broker.attachSession(clientId, cleanStart, expiry, will);
   connection.session = session;
   connection.markConnected();
   if (version === 5) {

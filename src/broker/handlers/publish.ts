@@ -60,12 +60,12 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
   const session = connection.session;
   if (session === null) return;
   const packetId = packet.messageId ?? 0;
-  if (packet.qos === 2 && session.awaitingRelease.has(packetId)) {
+  if (packet.qos === 2 && session.hasIncoming(packetId)) {
     // A resent QoS 2 PUBLISH whose PUBREL has not arrived is not delivered again (MQTT 5.0 section 4.3.3).
     connection.send({ cmd: 'pubrec', messageId: packetId });
     return;
   }
-  if (packet.qos === 2 && session.awaitingRelease.size >= broker.limits.receiveMaximum) {
+  if (packet.qos === 2 && session.incomingCount >= broker.limits.receiveMaximum) {
     // More unacknowledged QoS 2 messages than the Receive Maximum sent in CONNACK [MQTT-3.3.4-9].
     connection.close(protocolError('receive maximum exceeded', ReasonCode.ReceiveMaximumExceeded));
     return;
@@ -74,6 +74,10 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
   broker.stats.publishReceived++;
   if (!broker.allowPublish(connection, topic)) {
     acknowledge(connection, packet, ReasonCode.NotAuthorized);
+    return;
+  }
+  if (packet.qos > 0 && !broker.storeWritable) {
+    refuseDurable(connection, packet);
     return;
   }
 
@@ -88,8 +92,36 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
     origin: connection.clientId,
   };
   const matched = broker.route(message);
-  if (packet.qos === 2) session.awaitingRelease.add(packetId);
-  acknowledge(connection, packet, matched > 0 ? ReasonCode.Success : ReasonCode.NoMatchingSubscribers);
+  if (packet.qos === 0) return;
+  if (packet.qos === 2) session.addIncoming(packetId);
+  const reasonCode = matched > 0 ? ReasonCode.Success : ReasonCode.NoMatchingSubscribers;
+  // Acknowledged means stored: PUBACK and PUBREC wait for the commit of everything this
+  // message wrote (retained, queued and in-flight copies, the QoS 2 packet id).
+  broker.whenDurable((ok) => {
+    if (connection.isClosed()) return;
+    if (ok) {
+      acknowledge(connection, packet, reasonCode);
+    } else {
+      refuseDurable(connection, packet);
+    }
+  });
+}
+
+/**
+ * Refuses a QoS 1 or 2 message that cannot be stored: a v5 client gets Quota Exceeded, a 3.1.1
+ * client, which has no negative acknowledgement, is disconnected and sends it again later.
+ */
+function refuseDurable(connection: Connection, packet: IPublishPacket): void {
+  if (connection.protocolVersion === 5) {
+    acknowledge(connection, packet, ReasonCode.QuotaExceeded);
+    return;
+  }
+  connection.close({
+    code: ReasonCode.QuotaExceeded,
+    message: 'message not stored: state database full',
+    sendDisconnect: false,
+    publishWill: true,
+  });
 }
 
 /** Sends PUBACK or PUBREC for a QoS 1 or 2 PUBLISH; v3 clients get no reason code. */

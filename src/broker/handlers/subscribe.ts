@@ -24,6 +24,13 @@ export function handleSubscribe(connection: Connection, packet: ISubscribePacket
     return;
   }
 
+  if (session.store !== null && !broker.storeWritable) {
+    // A stored session's subscriptions are durable work, refused while the store is full.
+    const refused = v5 ? ReasonCode.QuotaExceeded : SubackFailure;
+    connection.send({ cmd: 'suback', messageId: packet.messageId, granted: packet.subscriptions.map(() => refused) });
+    return;
+  }
+
   const codes: number[] = [];
   const accepted: Array<{ subscription: Subscription; existed: boolean }> = [];
   for (const request of packet.subscriptions) {
@@ -60,13 +67,17 @@ export function handleSubscribe(connection: Connection, packet: ISubscribePacket
     accepted.push({ subscription, existed });
     codes.push(qos);
   }
-  // SUBACK carries the packet id of the SUBSCRIBE [MQTT-3.8.4-2] and one code per filter in order [MQTT-3.8.4-6].
-  connection.send({ cmd: 'suback', messageId: packet.messageId, granted: codes });
-  // Retained messages go out after SUBACK, as the new subscription's first messages [MQTT-3.8.4-4].
-  for (const { subscription, existed } of accepted) {
-    if (subscription.shareGroup !== null) continue; // shared subscriptions get no retained messages
-    if (subscription.retainHandling === 2) continue;
-    if (subscription.retainHandling === 1 && existed) continue;
-    broker.sendRetained(session, subscription);
-  }
+  // SUBACK waits until the subscriptions of a stored session are committed.
+  broker.whenDurable(() => {
+    if (connection.isClosed()) return;
+    // SUBACK carries the packet id of the SUBSCRIBE [MQTT-3.8.4-2] and one code per filter in order [MQTT-3.8.4-6].
+    connection.send({ cmd: 'suback', messageId: packet.messageId, granted: codes });
+    // Retained messages go out after SUBACK, as the new subscription's first messages [MQTT-3.8.4-4].
+    for (const { subscription, existed } of accepted) {
+      if (subscription.shareGroup !== null) continue; // shared subscriptions get no retained messages
+      if (subscription.retainHandling === 2) continue;
+      if (subscription.retainHandling === 1 && existed) continue;
+      broker.sendRetained(session, subscription);
+    }
+  });
 }
