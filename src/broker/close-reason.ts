@@ -1,6 +1,6 @@
 import { ReasonCode } from '../mqtt/reason-codes.js';
 
-/** Why a connection ends; every disconnect goes through Connection.close with one of these. */
+/** The reason a connection ends. Every disconnect goes through Connection.close with one of these. */
 export interface CloseReason {
   /** v5 reason code for the DISCONNECT sent to the client, when one is sent. */
   readonly code: number;

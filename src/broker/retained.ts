@@ -3,7 +3,7 @@ import { isExpired, type Message } from './message.js';
 import { topicMatchesFilter } from '../mqtt/topic.js';
 import type { RetainedIndexRow, Store } from '../store/store.js';
 
-/** What memory keeps of one retained message: its index fields, and the message until it is stored. */
+/** Index entry of one retained message, with the message itself until it is stored. */
 interface RetainedEntry {
   qos: QoS;
   expiresAt: number;
@@ -19,7 +19,7 @@ export interface RetainedLimits {
 
 /**
  * Retained messages by topic: the last message published with RETAIN set on each topic. With a
- * store, memory holds the index only and payloads are read from the store when a subscription
+ * store, memory keeps the index only and payloads are read from the store when a subscription
  * needs them. `$SYS` topics are never stored; the broker publishes them again after a restart.
  */
 export class RetainedStore {

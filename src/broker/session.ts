@@ -5,8 +5,8 @@ import type { Will } from './will.js';
 import type { QueueTotals, Store } from '../store/store.js';
 
 /**
- * Where a session's outgoing messages go while a client is attached: a network connection or an
- * in-process client.
+ * Destination of a session's outgoing messages while a client is attached: a network connection
+ * or an in-process client.
  */
 export interface SessionSink {
   /** Maximum number of outgoing QoS 1 and 2 messages awaiting acknowledgement. */
@@ -56,8 +56,8 @@ export interface SessionEvents {
 }
 
 /**
- * Queued messages of a stored session that are kept in memory while its client is connected;
- * the rest stay in the store and are read in batches of this size as the queue drains.
+ * Number of queued messages of a stored session kept in memory while its client is connected.
+ * The rest stay in the store and are read in batches of this size as the queue drains.
  */
 const MEMORY_QUEUE_WINDOW = 100;
 
@@ -65,9 +65,9 @@ const MEMORY_QUEUE_WINDOW = 100;
  * The state of one client id that can outlive its connection: subscriptions, messages waiting to
  * be sent, outgoing messages awaiting acknowledgement and incoming QoS 2 ids awaiting PUBREL.
  *
- * A session with a store writes every queued and in-flight message to it, and keeps only a
- * window of them in memory while its client is connected and none while it is offline, so that
- * memory does not grow with the stored backlog.
+ * A session with a store writes every queued and in-flight message to it. It keeps only a window
+ * of them in memory while its client is connected, and none while it is offline, so memory does
+ * not grow with the stored backlog.
  */
 export class Session {
   readonly clientId: string;
@@ -86,7 +86,7 @@ export class Session {
   /** Incoming QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not arrived. */
   private readonly awaitingRelease = new Set<number>();
   private readonly inflight = new Map<number, InflightEntry>();
-  /** True while `inflight` holds every in-flight message; false after a stored session went offline. */
+  /** True while `inflight` contains every in-flight message; false after a stored session went offline. */
   private inflightLoaded = true;
   private memoryQueue: QueuedDelivery[] = [];
   /** Queued messages that are in the store but not in `memoryQueue`; they come after it in order. */
@@ -130,7 +130,7 @@ export class Session {
       return;
     }
     if (sink !== null && sink.canSend()) {
-      // QoS 0 does not wait behind queued QoS 1 and 2 messages: ordering holds per QoS level.
+      // QoS 0 does not wait behind queued QoS 1 and 2 messages, because ordering is kept per QoS level.
       if (delivery.qos === 0) {
         if (!sink.sendPublish(delivery, 0, false)) this.events.dropped(this, delivery, 'too-large');
         return;

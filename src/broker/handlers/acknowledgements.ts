@@ -7,7 +7,7 @@ export function handlePuback(connection: Connection, packet: IPubackPacket): voi
   connection.session?.acknowledge(packet.messageId ?? 0);
 }
 
-/** PUBREC from the client: answer PUBREL, with 0x92 to a v5 client when the id is unknown. */
+/** Replies PUBREL to PUBREC from the client, with 0x92 to a v5 client when the id is unknown. */
 export function handlePubrec(connection: Connection, packet: IPubrecPacket): void {
   const packetId = packet.messageId ?? 0;
   const reasonCode = packet.reasonCode ?? ReasonCode.Success;
@@ -21,8 +21,8 @@ export function handlePubrec(connection: Connection, packet: IPubrecPacket): voi
 }
 
 /**
- * PUBREL from the client releases an incoming QoS 2 message: answer PUBCOMP, also for an id that
- * is not awaiting release (a resend after PUBCOMP was lost), with 0x92 to a v5 client.
+ * Releases an incoming QoS 2 message on PUBREL and replies PUBCOMP. An id that is not awaiting
+ * release (a resend after PUBCOMP was lost) also gets PUBCOMP, with 0x92 for a v5 client.
  */
 export function handlePubrel(connection: Connection, packet: IPubrelPacket): void {
   const packetId = packet.messageId ?? 0;

@@ -125,7 +125,7 @@ function chooseClientId(connection: Connection, packet: IConnectPacket, version:
     connection.refuseConnect(ReasonCode.ClientIdentifierNotValid, 'empty client id without clean session');
     return null;
   }
-  // The server assigns a unique id [MQTT-3.1.3-6] and tells a v5 client which one [MQTT-3.2.2-16].
+  // The server assigns a unique id [MQTT-3.1.3-6] and sends it to a v5 client [MQTT-3.2.2-16].
   return `outpost-${randomBytes(8).toString('hex')}`;
 }
 

@@ -52,7 +52,7 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
     return;
   }
   if (problem !== null) {
-    // A topic name holds no wildcard [MQTT-3.3.2-2].
+    // A topic name must not contain a wildcard [MQTT-3.3.2-2].
     connection.close(protocolError(`invalid topic name (${problem})`, ReasonCode.TopicNameInvalid));
     return;
   }
