@@ -46,6 +46,8 @@ export type DurabilityCallback = (ok: boolean) => void;
 interface PendingWrite {
   statement: Database.Statement;
   args: unknown[];
+  /** Set when a later write in the same batch deletes the row this one inserts. */
+  cancelled: boolean;
 }
 
 /** How often a store that hit a full disk checks whether it can write again. */
@@ -61,13 +63,18 @@ const PROBE_BYTES = 1024;
  */
 export class Store {
   readonly db: Database.Database;
-  /** Messages written to the queued, in-flight and retained tables since start. */
+  /** Messages written to the queued, in-flight and retained tables since start, less cancelled inserts. */
   messagesStored = 0;
   /** Commits that failed, for example because the disk or the database size bound was full. */
   failedCommits = 0;
   private readonly logger: Logger;
   private readonly batchWindowMs: number;
   private pending: PendingWrite[] = [];
+  /**
+   * Inserts of queued and in-flight rows in the current batch, by table, client id and key. A
+   * message acknowledged within the batch window then costs no write at all.
+   */
+  private pendingInserts = new Map<string, PendingWrite>();
   private callbacks: DurabilityCallback[] = [];
   private timer: NodeJS.Timeout | null = null;
   private probeTimer: NodeJS.Timeout | null = null;
@@ -81,7 +88,9 @@ export class Store {
     this.logger = logger;
     this.statements = prepareStatements(db);
     this.commitBatch = db.transaction((writes: PendingWrite[]) => {
-      for (const write of writes) write.statement.run(...write.args);
+      for (const write of writes) {
+        if (!write.cancelled) write.statement.run(...write.args);
+      }
     });
   }
 
@@ -113,6 +122,7 @@ export class Store {
     const callbacks = this.callbacks;
     this.pending = [];
     this.callbacks = [];
+    this.pendingInserts.clear();
     let ok = true;
     if (writes.length > 0) {
       try {
@@ -231,13 +241,14 @@ export class Store {
   saveQueued(clientId: string, seq: number, delivery: Delivery): void {
     this.messagesStored++;
     const message = delivery.message;
-    this.queue(this.statements.insertQueued, [
+    this.queueInsert(`q\u0000${clientId}\u0000${seq}`, this.statements.insertQueued, [
       clientId, seq, message.topic, message.payload, delivery.qos, delivery.retain ? 1 : 0,
       encodeIds(delivery.subscriptionIds), encodeProperties(message.properties), message.expiresAt,
     ]);
   }
 
   deleteQueued(clientId: string, seq: number): void {
+    if (this.cancelInsert(`q\u0000${clientId}\u0000${seq}`)) return;
     this.queue(this.statements.deleteQueued, [clientId, seq]);
   }
 
@@ -264,7 +275,7 @@ export class Store {
   saveInflight(clientId: string, packetId: number, seq: number, delivery: Delivery): void {
     this.messagesStored++;
     const message = delivery.message;
-    this.queue(this.statements.upsertInflight, [
+    this.queueInsert(`i\u0000${clientId}\u0000${packetId}`, this.statements.upsertInflight, [
       clientId, packetId, seq, message.topic, message.payload, delivery.qos, delivery.retain ? 1 : 0,
       encodeIds(delivery.subscriptionIds), encodeProperties(message.properties), message.expiresAt,
     ]);
@@ -275,6 +286,7 @@ export class Store {
   }
 
   deleteInflight(clientId: string, packetId: number): void {
+    if (this.cancelInsert(`i\u0000${clientId}\u0000${packetId}`)) return;
     this.queue(this.statements.deleteInflight, [clientId, packetId]);
   }
 
@@ -303,6 +315,13 @@ export class Store {
     return rows.map((row) => ({ clientId: row.client_id, packetId: row.packet_id }));
   }
 
+  /** Size of the database file in bytes (pages in use times page size), without the WAL. */
+  databaseBytes(): number {
+    const pages = this.db.pragma('page_count', { simple: true }) as number;
+    const pageSize = this.db.pragma('page_size', { simple: true }) as number;
+    return pages * pageSize;
+  }
+
   /** Bytes this process has written to storage so far (Linux /proc/self/io), or 0 when unknown. */
   static processBytesWritten(): number {
     try {
@@ -314,8 +333,25 @@ export class Store {
   }
 
   private queue(statement: Database.Statement, args: unknown[]): void {
-    this.pending.push({ statement, args });
+    this.pending.push({ statement, args, cancelled: false });
     this.schedule();
+  }
+
+  private queueInsert(key: string, statement: Database.Statement, args: unknown[]): void {
+    const write: PendingWrite = { statement, args, cancelled: false };
+    this.pending.push(write);
+    this.pendingInserts.set(key, write);
+    this.schedule();
+  }
+
+  /** Cancels an insert still waiting in this batch; returns false when it was already committed. */
+  private cancelInsert(key: string): boolean {
+    const write = this.pendingInserts.get(key);
+    if (write === undefined) return false;
+    write.cancelled = true;
+    this.pendingInserts.delete(key);
+    this.messagesStored--;
+    return true;
   }
 
   private schedule(): void {
