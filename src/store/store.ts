@@ -143,6 +143,14 @@ export class Store {
     this.db.close();
   }
 
+  /**
+   * Queues a write of another module (for example the bridge outbox) into the current batch, so
+   * that it commits in the same transaction as the acknowledgement it belongs to.
+   */
+  write(statement: Database.Statement, args: unknown[]): void {
+    this.queue(statement, args);
+  }
+
   // Retained messages.
 
   saveRetained(message: Message): void {
