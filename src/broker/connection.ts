@@ -1,4 +1,3 @@
-import type { Socket } from 'node:net';
 import mqttPacket from 'mqtt-packet';
 import type { Packet, Parser } from 'mqtt-packet';
 import { FrameReader, type FrameHandler } from '../mqtt/framer.js';
@@ -9,6 +8,8 @@ import type { Delivery, Session, SessionSink } from './session.js';
 import type { Will } from './will.js';
 import type { Broker, ListenerSettings } from './broker.js';
 import { dispatchPacket } from './handlers/dispatch.js';
+import type { ClientSocket } from '../transport/client-socket.js';
+import type { CertificateIdentity } from '../transport/tls.js';
 
 /**
  * Bytes buffered in a socket before a connection counts as congested: QoS 1 and 2 messages then
@@ -21,6 +22,10 @@ const CLOSE_FLUSH_MS = 1000;
 
 const EMPTY = Buffer.alloc(0);
 
+// mqtt-packet otherwise builds a cache of 65,536 two-byte Buffers (about 7 MB of heap) at the
+// first `generate`; Outpost encodes PUBLISH itself and generates few enough other packets.
+mqttPacket.writeToStream.cacheNumbers = false;
+
 export type ConnectionState = 'connecting' | 'connected' | 'closed';
 
 let nextConnectionId = 1;
@@ -28,10 +33,14 @@ let nextConnectionId = 1;
 /** One network connection of one MQTT client: framing, parsing, timers, writes and backpressure. */
 export class Connection implements SessionSink, FrameHandler {
   readonly id: number;
-  readonly socket: Socket;
+  readonly socket: ClientSocket;
   readonly broker: Broker;
   readonly listener: ListenerSettings;
   readonly remoteAddress: string;
+  /** The source IP address alone, for per-address limits. */
+  readonly remoteIp: string;
+  /** The verified client certificate on listeners with `tls.require_certificate`, else null. */
+  readonly certificate: CertificateIdentity | null;
   readonly acknowledgesImmediately = false;
   state: ConnectionState = 'connecting';
   protocolVersion = 4;
@@ -61,18 +70,25 @@ export class Connection implements SessionSink, FrameHandler {
   private congested = false;
   private corked = false;
   private socketError: string | null = null;
+  /** Frames that arrived while an asynchronous step (authentication, plugin authorization) runs. */
+  private heldFrames: Buffer[] | null = null;
+  private heldBytes = 0;
 
-  constructor(broker: Broker, socket: Socket, listener: ListenerSettings) {
+  constructor(broker: Broker, socket: ClientSocket, listener: ListenerSettings, certificate: CertificateIdentity | null = null) {
     this.id = nextConnectionId++;
     this.broker = broker;
     this.socket = socket;
     this.listener = listener;
-    this.remoteAddress = `${socket.remoteAddress ?? 'unknown'}:${socket.remotePort ?? 0}`;
-    this.reader = new FrameReader(broker.limits.maxPacketSize);
+    this.certificate = certificate;
+    this.remoteIp = socket.remoteAddress ?? 'unknown';
+    this.remoteAddress = `${this.remoteIp}:${socket.remotePort ?? 0}`;
+    // A listener's own packet size limit applies when it is set and below the broker-wide one.
+    const listenerLimit = listener.max_packet_size;
+    this.reader = new FrameReader(listenerLimit > 0 ? Math.min(listenerLimit, broker.limits.maxPacketSize) : broker.limits.maxPacketSize);
     this.parser = mqttPacket.parser({ protocolVersion: 4 });
     this.parser.on('packet', (packet: Packet) => this.onPacket(packet));
     this.parser.on('error', (error: Error) => this.onParseError(error));
-    socket.setNoDelay(true);
+    socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.onDrain());
     socket.on('error', (error: NodeJS.ErrnoException) => {
@@ -93,6 +109,46 @@ export class Connection implements SessionSink, FrameHandler {
   /** Reads the state through a call, because handlers may close the connection during parsing. */
   isClosed(): boolean {
     return this.state === 'closed';
+  }
+
+  /** Largest packet this connection accepts: the listener's limit or `limits.max_packet_size`. */
+  get maxPacketSize(): number {
+    return this.reader.maxPacketSize;
+  }
+
+  /** Bytes buffered for this client: a partial packet, held packets and unsent output. */
+  get bufferedBytes(): number {
+    return this.reader.bufferedBytes + this.heldBytes + this.socket.writableLength;
+  }
+
+  /**
+   * Holds back the packets that arrive from now on and stops reading the socket, until `release`.
+   * Used while CONNECT authentication or a plugin authorization runs, so packets keep their order.
+   */
+  hold(): void {
+    if (this.heldFrames !== null) return;
+    this.heldFrames = [];
+    this.socket.pause();
+  }
+
+  /** Handles the held packets in order, then reads the socket again. */
+  release(): void {
+    const frames = this.heldFrames;
+    if (frames === null) return;
+    this.heldFrames = null;
+    this.heldBytes = 0;
+    for (let i = 0; i < frames.length; i++) {
+      if (this.state === 'closed') return;
+      if (this.heldFrames !== null) {
+        // A held packet started another asynchronous step: the rest waits behind it.
+        const rest = frames.slice(i);
+        this.heldFrames = rest;
+        this.heldBytes = rest.reduce((sum, frame) => sum + frame.length, 0);
+        return;
+      }
+      this.onFrame(frames[i]);
+    }
+    if (this.heldFrames === null && !this.congested && this.state !== 'closed') this.socket.resume();
   }
 
   /** Label for logs: the client id once known, else the remote address. */
@@ -120,7 +176,10 @@ export class Connection implements SessionSink, FrameHandler {
     // A message larger than the client's Maximum Packet Size is dropped as if sent [MQTT-3.1.2-25].
     if (this.clientMaximumPacketSize > 0 && packet.length > this.clientMaximumPacketSize) return false;
     if (newAlias) this.outgoingAliases.set(topic, alias);
-    this.broker.stats.publishSent++;
+    const stats = this.broker.stats;
+    stats.publishSent++;
+    stats.publishSentByQos[delivery.qos]++;
+    stats.publishBytesSentByQos[delivery.qos] += delivery.message.payload.length;
     this.write(packet);
     return true;
   }
@@ -234,6 +293,11 @@ export class Connection implements SessionSink, FrameHandler {
 
   onFrame(frame: Buffer): boolean {
     if (this.state === 'closed') return false;
+    if (this.heldFrames !== null) {
+      this.heldFrames.push(frame);
+      this.heldBytes += frame.length;
+      return true;
+    }
     if (this.state === 'connecting' && !this.checkConnectFrame(frame)) return false;
     this.currentFrame = frame;
     this.packetParsed = false;
@@ -252,7 +316,7 @@ export class Connection implements SessionSink, FrameHandler {
     if (error === 'too-large') {
       this.close({
         code: ReasonCode.PacketTooLarge,
-        message: `packet larger than limits.max_packet_size (${this.reader.maxPacketSize} bytes)`,
+        message: `packet larger than ${this.listener.max_packet_size > 0 ? `listeners.${this.listener.name}.max_packet_size` : 'limits.max_packet_size'} (${this.reader.maxPacketSize} bytes)`,
         sendDisconnect: true,
         publishWill: true,
       });
@@ -271,6 +335,30 @@ export class Connection implements SessionSink, FrameHandler {
       this.close(malformedPacket(`malformed UTF-8 in ${packet.cmd.toUpperCase()}`));
       return;
     }
+    if (this.broker.access.asyncAuthorize && this.state === 'connected') {
+      const pending = this.broker.access.prepareAuthorization(this, packet);
+      if (pending !== null) {
+        this.dispatchWhenAuthorized(packet, pending);
+        return;
+      }
+    }
+    this.dispatch(packet);
+  }
+
+  /** Holds the connection until the plugin has decided on the packet's topics, then handles it. */
+  private dispatchWhenAuthorized(packet: Packet, pending: Promise<void>): void {
+    const frame = this.currentFrame;
+    this.hold();
+    void pending.then(() => {
+      if (this.state === 'closed') return;
+      this.currentFrame = frame;
+      this.dispatch(packet);
+      this.currentFrame = EMPTY;
+      this.release();
+    });
+  }
+
+  private dispatch(packet: Packet): void {
     try {
       dispatchPacket(this, packet);
     } catch (error) {
@@ -338,7 +426,7 @@ export class Connection implements SessionSink, FrameHandler {
       this.drainTimer = null;
     }
     if (this.state === 'closed') return;
-    this.socket.resume();
+    if (this.heldFrames === null) this.socket.resume();
     this.session?.pump();
   }
 
@@ -365,7 +453,7 @@ function uncork(connection: Connection): void {
   connection.uncork();
 }
 
-function destroySocket(socket: Socket): void {
+function destroySocket(socket: ClientSocket): void {
   socket.destroy();
 }
 
