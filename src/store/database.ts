@@ -9,8 +9,6 @@ export type SynchronousMode = 'full' | 'normal';
 export interface DatabaseOptions {
   dataDir: string;
   synchronous: SynchronousMode;
-  /** Upper bound of the database file; 0 for no bound. */
-  maxDatabaseBytes: number;
 }
 
 export const DATABASE_FILE = 'outpost.db';
@@ -49,23 +47,18 @@ export function openDatabase(options: DatabaseOptions, logger: Logger): Database
 function openAndMigrate(path: string, options: DatabaseOptions): Database.Database {
   const db = new Database(path);
   try {
-    db.pragma('journal_mode = WAL');
-    db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
-    db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT_PAGES}`);
-    db.pragma(`journal_size_limit = ${JOURNAL_SIZE_LIMIT_BYTES}`);
-    db.pragma('foreign_keys = OFF');
-    const check = db.pragma('quick_check', { simple: true });
-    if (check !== 'ok') throw new Error(`quick_check failed: ${String(check)}`);
+    // Checks first, so that a file from a newer Outpost is moved aside unchanged.
     const version = db.pragma('user_version', { simple: true }) as number;
     if (version > SCHEMA_VERSION) {
       throw new Error(`schema version ${version} is newer than this Outpost supports (${SCHEMA_VERSION})`);
     }
+    const check = db.pragma('quick_check', { simple: true });
+    if (check !== 'ok') throw new Error(`quick_check failed: ${String(check)}`);
+    db.pragma('journal_mode = WAL');
+    db.pragma(`synchronous = ${options.synchronous === 'full' ? 'FULL' : 'NORMAL'}`);
+    db.pragma(`wal_autocheckpoint = ${WAL_AUTOCHECKPOINT_PAGES}`);
+    db.pragma(`journal_size_limit = ${JOURNAL_SIZE_LIMIT_BYTES}`);
     migrate(db, version);
-    if (options.maxDatabaseBytes > 0) {
-      const pageSize = db.pragma('page_size', { simple: true }) as number;
-      const pages = Math.max(1, Math.floor(options.maxDatabaseBytes / pageSize));
-      db.pragma(`max_page_count = ${pages}`);
-    }
     return db;
   } catch (error) {
     db.close();

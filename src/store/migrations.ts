@@ -23,7 +23,11 @@ export const MIGRATIONS: readonly string[] = [
     -- The will of the connection (JSON), kept while its client is connected or its delay runs.
     will TEXT,
     -- When a pending will is published; 0 while the client was connected.
-    will_at INTEGER NOT NULL
+    will_at INTEGER NOT NULL,
+    -- User name and listener of the client that last held the session, for authorization while
+    -- it is offline and for refusing a takeover by another user.
+    username TEXT,
+    listener TEXT
   ) WITHOUT ROWID;
 
   CREATE TABLE subscriptions (
@@ -69,6 +73,29 @@ export const MIGRATIONS: readonly string[] = [
     client_id TEXT NOT NULL,
     packet_id INTEGER NOT NULL,
     PRIMARY KEY (client_id, packet_id)
+  ) WITHOUT ROWID;
+  `,
+  // Version 2: the bridge outbox. Each bridge numbers its messages with seq (1, 2, ...) in the
+  // order they were accepted; topic and qos are already mapped for the remote broker.
+  // bridge_state keeps the highest seq a bridge has reserved, so that seq (and the message id
+  // built from it) never repeats after the outbox was emptied and the process restarted.
+  `
+  CREATE TABLE outbox (
+    bridge TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL,
+    properties TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (bridge, seq)
+  );
+
+  CREATE TABLE bridge_state (
+    bridge TEXT PRIMARY KEY,
+    reserved_seq INTEGER NOT NULL
   ) WITHOUT ROWID;
   `,
 ];

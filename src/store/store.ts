@@ -25,6 +25,10 @@ export interface StoredSession {
   expiresAt: number;
   will: Will | null;
   willAt: number;
+  /** User name of the client that last held the session, if it gave one. */
+  username: string | undefined;
+  /** Name of the listener that client connected through. */
+  listener: string;
 }
 
 export interface RetainedIndexRow {
@@ -49,6 +53,26 @@ interface PendingWrite {
   /** Set when a later write in the same batch deletes the row this one inserts. */
   cancelled: boolean;
 }
+
+export interface StoreOptions {
+  batchWindowMs: number;
+  /** Bound on the pages in use in the database file; 0 for none. */
+  maxDatabaseBytes: number;
+}
+
+/**
+ * Why the store refuses new durable work: `limit` when the pages in use reached the configured
+ * bound, `disk` when a commit failed with SQLITE_FULL (the disk, or the headroom above the bound).
+ */
+type FullReason = 'none' | 'limit' | 'disk';
+
+/**
+ * Pages allowed above the configured bound, as a share of it and at least 1 MiB of 4 KiB pages.
+ * Draining a backlog writes before it deletes (a queued row becomes an in-flight row), so the
+ * drain needs room even when new work is refused at the bound.
+ */
+const HEADROOM_SHARE = 0.05;
+const MIN_HEADROOM_PAGES = 256;
 
 /** How often a store that hit a full disk checks whether it can write again. */
 const DISK_FULL_PROBE_MS = 5000;
@@ -78,14 +102,23 @@ export class Store {
   private callbacks: DurabilityCallback[] = [];
   private timer: NodeJS.Timeout | null = null;
   private probeTimer: NodeJS.Timeout | null = null;
-  private full = false;
+  private fullReason: FullReason = 'none';
+  /** Pages in use at which new durable work is refused; 0 without a bound. */
+  private readonly limitPages: number;
   private readonly statements: ReturnType<typeof prepareStatements>;
   private readonly commitBatch: (writes: PendingWrite[]) => void;
 
-  constructor(db: Database.Database, batchWindowMs: number, logger: Logger) {
+  constructor(db: Database.Database, options: StoreOptions, logger: Logger) {
     this.db = db;
-    this.batchWindowMs = batchWindowMs;
+    this.batchWindowMs = options.batchWindowMs;
     this.logger = logger;
+    this.limitPages = 0;
+    if (options.maxDatabaseBytes > 0) {
+      const pageSize = db.pragma('page_size', { simple: true }) as number;
+      this.limitPages = Math.max(1, Math.floor(options.maxDatabaseBytes / pageSize));
+      const headroom = Math.max(MIN_HEADROOM_PAGES, Math.ceil(this.limitPages * HEADROOM_SHARE));
+      db.pragma(`max_page_count = ${this.limitPages + headroom}`);
+    }
     this.statements = prepareStatements(db);
     this.commitBatch = db.transaction((writes: PendingWrite[]) => {
       for (const write of writes) {
@@ -94,9 +127,9 @@ export class Store {
     });
   }
 
-  /** False after a commit failed for lack of space, until a write succeeds again. */
+  /** False while new durable work is refused: the size bound is reached or the disk is full. */
   get writable(): boolean {
-    return !this.full;
+    return this.fullReason === 'none';
   }
 
   /**
@@ -105,7 +138,7 @@ export class Store {
    */
   whenDurable(callback: DurabilityCallback): void {
     if (this.pending.length === 0 && this.callbacks.length === 0) {
-      callback(!this.full);
+      callback(this.fullReason === 'none');
       return;
     }
     this.callbacks.push(callback);
@@ -127,13 +160,22 @@ export class Store {
     if (writes.length > 0) {
       try {
         this.commitBatch(writes);
-        if (this.full) this.leaveFullState();
+        this.checkSizeBound();
       } catch (error) {
         ok = false;
         this.onCommitFailed(error, writes.length);
       }
     }
-    for (const callback of callbacks) callback(ok);
+    for (const callback of callbacks) {
+      try {
+        callback(ok);
+      } catch (error) {
+        // A callback that throws must not keep the others from running or reach the event loop.
+        this.logger.limited('error', 'store-callback', 10_000, 'acknowledgement after commit failed', {
+          error: error instanceof Error ? error.stack ?? error.message : String(error),
+        });
+      }
+    }
   }
 
   close(): void {
@@ -181,9 +223,10 @@ export class Store {
     };
   }
 
-  loadRetainedIndex(): RetainedIndexRow[] {
-    const rows = this.statements.selectRetainedIndex.all() as Array<{ topic: string; qos: QoS; expires_at: number; bytes: number }>;
-    return rows.map((row) => ({ topic: row.topic, qos: row.qos, expiresAt: row.expires_at, bytes: row.bytes }));
+  /** Yields the index of the stored retained messages row by row, without their payloads. */
+  *iterateRetainedIndex(): Generator<RetainedIndexRow> {
+    const rows = this.statements.selectRetainedIndex.iterate() as IterableIterator<{ topic: string; qos: QoS; expires_at: number; bytes: number }>;
+    for (const row of rows) yield { topic: row.topic, qos: row.qos, expiresAt: row.expires_at, bytes: row.bytes };
   }
 
   // Sessions and subscriptions.
@@ -191,6 +234,7 @@ export class Store {
   saveSession(session: StoredSession): void {
     this.queue(this.statements.upsertSession, [
       session.clientId, session.expiryInterval, session.expiresAt, encodeWill(session.will), session.willAt,
+      session.username ?? null, session.listener,
     ]);
   }
 
@@ -207,6 +251,7 @@ export class Store {
   loadSessions(): StoredSession[] {
     const rows = this.statements.selectSessions.all() as Array<{
       client_id: string; expiry_interval: number; expires_at: number; will: string | null; will_at: number;
+      username: string | null; listener: string | null;
     }>;
     return rows.map((row) => ({
       clientId: row.client_id,
@@ -214,6 +259,8 @@ export class Store {
       expiresAt: row.expires_at,
       will: decodeWill(row.will),
       willAt: row.will_at,
+      username: row.username ?? undefined,
+      listener: row.listener ?? '',
     }));
   }
 
@@ -371,14 +418,13 @@ export class Store {
     const code = (error as { code?: unknown }).code;
     const message = error instanceof Error ? error.message : String(error);
     if (code === 'SQLITE_FULL') {
-      if (!this.full) {
-        this.full = true;
-        this.logger.error('state database is full; durable messages are refused until space returns', {
+      if (this.fullReason !== 'disk') {
+        this.fullReason = 'disk';
+        this.logger.error('state database is full; durable messages are rejected until space returns', {
           lost_writes: writes,
           error: message,
         });
-        this.probeTimer = setInterval(probeStore, DISK_FULL_PROBE_MS, this);
-        this.probeTimer.unref();
+        this.startProbing();
       } else {
         this.logger.limited('error', 'store-full', 10_000, 'state database still full', { lost_writes: writes });
       }
@@ -393,7 +439,11 @@ export class Store {
 
   /** Tries a write the size of a small message; leaves the full state when it fits. */
   probe(): void {
-    if (!this.full) return;
+    if (this.fullReason === 'limit') {
+      this.checkSizeBound();
+      return;
+    }
+    if (this.fullReason !== 'disk') return;
     try {
       this.db.transaction(() => {
         this.statements.upsertRetained.run('\u0000probe', Buffer.alloc(PROBE_BYTES), 0, null, 0);
@@ -404,8 +454,35 @@ export class Store {
     }
   }
 
+  /**
+   * Compares the pages in use (free pages excluded) with the bound after a commit: reaching it
+   * refuses new durable work, and falling below it by 2% accepts work again.
+   */
+  private checkSizeBound(): void {
+    if (this.limitPages === 0 || this.fullReason === 'disk') return;
+    const pages = this.db.pragma('page_count', { simple: true }) as number;
+    const free = this.db.pragma('freelist_count', { simple: true }) as number;
+    const used = pages - free;
+    if (this.fullReason === 'none' && used >= this.limitPages) {
+      this.fullReason = 'limit';
+      this.logger.error('state database reached persistence.max_database_bytes; durable messages are rejected until space is freed', {
+        used_pages: used,
+        limit_pages: this.limitPages,
+      });
+      this.startProbing();
+    } else if (this.fullReason === 'limit' && used < this.limitPages * 0.98) {
+      this.leaveFullState();
+    }
+  }
+
+  private startProbing(): void {
+    if (this.probeTimer !== null) return;
+    this.probeTimer = setInterval(probeStore, DISK_FULL_PROBE_MS, this);
+    this.probeTimer.unref();
+  }
+
   private leaveFullState(): void {
-    this.full = false;
+    this.fullReason = 'none';
     if (this.probeTimer !== null) clearInterval(this.probeTimer);
     this.probeTimer = null;
     this.logger.info('state database writable again');
@@ -496,8 +573,10 @@ function prepareStatements(db: Database.Database) {
     deleteRetained: db.prepare('DELETE FROM retained WHERE topic = ?'),
     selectRetained: db.prepare('SELECT payload, qos, properties, expires_at FROM retained WHERE topic = ?'),
     selectRetainedIndex: db.prepare('SELECT topic, qos, expires_at, length(payload) AS bytes FROM retained'),
-    upsertSession: db.prepare('INSERT OR REPLACE INTO sessions (client_id, expiry_interval, expires_at, will, will_at) VALUES (?, ?, ?, ?, ?)'),
-    selectSessions: db.prepare('SELECT client_id, expiry_interval, expires_at, will, will_at FROM sessions'),
+    upsertSession: db.prepare(
+      'INSERT OR REPLACE INTO sessions (client_id, expiry_interval, expires_at, will, will_at, username, listener) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    ),
+    selectSessions: db.prepare('SELECT client_id, expiry_interval, expires_at, will, will_at, username, listener FROM sessions'),
     deleteSessionRows: ['sessions', 'subscriptions', 'queued', 'inflight', 'incoming_qos2'].map((table) =>
       db.prepare(`DELETE FROM ${table} WHERE client_id = ?`),
     ),
