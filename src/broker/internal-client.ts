@@ -11,9 +11,20 @@ export interface InternalMessage {
   qos: QoS;
   retain: boolean;
   properties: ForwardedProperties | null;
+  /** Absolute Message Expiry time in milliseconds since the epoch, 0 when it never expires. */
+  expiresAt: number;
 }
 
 export type InternalMessageHandler = (message: InternalMessage) => void;
+
+export interface InternalClientOptions {
+  /**
+   * Call the handler synchronously inside `Broker.route` instead of in a microtask. Store writes
+   * the handler queues then join the batch whose commit releases the publisher's PUBACK. The
+   * handler must not publish or subscribe from inside the call (the bridge outbox only writes).
+   */
+  synchronous?: boolean;
+}
 
 export interface InternalPublishOptions {
   qos?: QoS;
@@ -26,6 +37,8 @@ export interface InternalPublishOptions {
 export interface InternalSubscribeOptions {
   qos?: QoS;
   noLocal?: boolean;
+  /** Keep the publisher's RETAIN flag on delivered messages (the bridge forwards it). */
+  retainAsPublished?: boolean;
 }
 
 /** Rejected use of the in-process client API, such as an invalid topic. */
@@ -46,13 +59,15 @@ export class InternalClient implements SessionSink {
   private readonly session: Session;
   private readonly handler: InternalMessageHandler;
   private readonly pending: InternalMessage[] = [];
+  private readonly synchronous: boolean;
   private flushScheduled = false;
   private closed = false;
 
-  constructor(broker: Broker, session: Session, handler: InternalMessageHandler) {
+  constructor(broker: Broker, session: Session, handler: InternalMessageHandler, options: InternalClientOptions = {}) {
     this.broker = broker;
     this.session = session;
     this.handler = handler;
+    this.synchronous = options.synchronous ?? false;
   }
 
   get clientId(): string {
@@ -66,13 +81,19 @@ export class InternalClient implements SessionSink {
   sendPublish(delivery: Delivery): boolean {
     if (this.closed) return false;
     const message = delivery.message;
-    this.pending.push({
+    const internalMessage: InternalMessage = {
       topic: message.topic,
       payload: message.payload,
       qos: delivery.qos,
       retain: delivery.retain,
       properties: message.properties,
-    });
+      expiresAt: message.expiresAt,
+    };
+    if (this.synchronous) {
+      this.callHandler(internalMessage);
+      return true;
+    }
+    this.pending.push(internalMessage);
     if (!this.flushScheduled) {
       this.flushScheduled = true;
       queueMicrotask(() => this.flush());
@@ -84,6 +105,10 @@ export class InternalClient implements SessionSink {
     // In-process clients acknowledge on receipt; nothing is ever awaiting PUBREL.
   }
 
+  /**
+   * Routes a message. QoS 1 and 2 resolve once the message is committed to the store, and reject
+   * with InternalClientError when it cannot be stored; QoS 0 resolves once routed.
+   */
   async publish(topic: string, payload: Buffer | string, options: InternalPublishOptions = {}): Promise<void> {
     this.assertOpen();
     const problem = checkTopicName(topic, this.broker.limits.maxTopicLevels);
@@ -98,8 +123,22 @@ export class InternalClient implements SessionSink {
       expiresAt: expiry > 0 ? Date.now() + expiry * 1000 : 0,
       origin: this.session.clientId,
     };
+    if (message.qos > 0 && !this.broker.storeWritable) {
+      throw new InternalClientError(`message on ${JSON.stringify(topic)} not stored: the state database is full`);
+    }
     this.broker.stats.publishReceived++;
     this.broker.route(message);
+    if (message.qos === 0) return;
+    // Like PUBACK for a network client, a QoS 1 or 2 publish resolves once it is stored.
+    await new Promise<void>((resolve, reject) => {
+      this.broker.whenDurable((ok) => {
+        if (ok) {
+          resolve();
+        } else {
+          reject(new InternalClientError(`message on ${JSON.stringify(topic)} not stored: commit failed`));
+        }
+      });
+    });
   }
 
   async subscribe(filter: string, options: InternalSubscribeOptions = {}): Promise<void> {
@@ -113,7 +152,7 @@ export class InternalClient implements SessionSink {
       shareGroup: parsed.shareGroup,
       qos: options.qos ?? 0,
       noLocal: options.noLocal ?? false,
-      retainAsPublished: false,
+      retainAsPublished: options.retainAsPublished ?? false,
       retainHandling: 0,
       subscriptionId: 0,
     };
@@ -137,16 +176,18 @@ export class InternalClient implements SessionSink {
   private flush(): void {
     this.flushScheduled = false;
     const batch = this.pending.splice(0, this.pending.length);
-    for (const message of batch) {
-      try {
-        this.handler(message);
-      } catch (error) {
-        this.broker.logger.limited('error', `internal-handler:${this.clientId}`, 10_000, 'in-process client handler failed', {
-          client_id: this.clientId,
-          topic: message.topic,
-          error: error instanceof Error ? error.message : String(error),
-        });
-      }
+    for (const message of batch) this.callHandler(message);
+  }
+
+  private callHandler(message: InternalMessage): void {
+    try {
+      this.handler(message);
+    } catch (error) {
+      this.broker.logger.limited('error', `internal-handler:${this.clientId}`, 10_000, 'in-process client handler failed', {
+        client_id: this.clientId,
+        topic: message.topic,
+        error: error instanceof Error ? error.message : String(error),
+      });
     }
   }
 

@@ -41,7 +41,7 @@ export class RetainedStore {
   }
 
   /** Takes the index of the messages already in the store and keeps later ones there too. */
-  attach(store: Store, rows: readonly RetainedIndexRow[]): void {
+  attach(store: Store, rows: Iterable<RetainedIndexRow>): void {
     this.backing = store;
     const now = Date.now();
     for (const row of rows) {
@@ -84,21 +84,30 @@ export class RetainedStore {
     return true;
   }
 
-  /** Returns the unexpired retained messages whose topic matches `filter`, dropping expired ones. */
-  match(filter: string): Message[] {
+  /**
+   * Returns the topics of unexpired retained messages that match `filter`, dropping expired ones.
+   * Payloads are read one at a time with `get`, so a wide filter does not load them all at once.
+   */
+  matchTopics(filter: string): Array<{ topic: string; qos: QoS }> {
     const now = Date.now();
-    const found: Message[] = [];
+    const found: Array<{ topic: string; qos: QoS }> = [];
     // TODO(perf): a scan of every retained topic; an index by level pays off with many thousands.
     for (const [topic, entry] of this.entries) {
       if (entry.expiresAt !== 0 && entry.expiresAt <= now) {
         this.remove(topic, entry);
         continue;
       }
-      if (!topicMatchesFilter(filter, topic)) continue;
-      const message = entry.message ?? this.backing?.loadRetained(topic) ?? null;
-      if (message !== null && !isExpired(message, now)) found.push(message);
+      if (topicMatchesFilter(filter, topic)) found.push({ topic, qos: entry.qos });
     }
     return found;
+  }
+
+  /** Returns the retained message of a topic, read from the store when memory has only its index. */
+  get(topic: string): Message | null {
+    const entry = this.entries.get(topic);
+    if (entry === undefined) return null;
+    const message = entry.message ?? this.backing?.loadRetained(topic) ?? null;
+    return message === null || isExpired(message, Date.now()) ? null : message;
   }
 
   private remove(topic: string, entry: RetainedEntry): void {

@@ -82,6 +82,9 @@ export class Session {
   willTimer: NodeJS.Timeout | null = null;
   /** The store that keeps this session across restarts, or null for a session held in memory only. */
   store: Store | null = null;
+  /** User name and listener name of the client that last held the session, kept with it in the store. */
+  ownerUsername: string | undefined = undefined;
+  ownerListener = '';
 
   /** Incoming QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not arrived. */
   private readonly awaitingRelease = new Set<number>();
@@ -141,6 +144,20 @@ export class Session {
       }
     }
     this.enqueue(delivery);
+  }
+
+  /**
+   * Tells whether `deliver` would send or queue a message of this QoS rather than drop it, not
+   * counting the queue's byte limit.
+   */
+  hasRoomFor(qos: QoS): boolean {
+    const sink = this.sink;
+    if (sink !== null && sink.acknowledgesImmediately) return true;
+    if (sink !== null && sink.canSend() && (qos === 0 || (this.queuedCount === 0 && this.inflight.size < sink.sendQuota))) {
+      return true;
+    }
+    if (qos === 0 && (sink !== null || !this.limits.queueQos0Messages)) return false;
+    return this.queuedCount < this.limits.maxQueuedMessages;
   }
 
   /** Sends queued messages while the client has room for them. */

@@ -13,11 +13,15 @@ export function handlePubrec(connection: Connection, packet: IPubrecPacket): voi
   const reasonCode = packet.reasonCode ?? ReasonCode.Success;
   const known = connection.session?.received(packetId, reasonCode) ?? false;
   if (reasonCode >= 0x80) return; // the exchange ends without PUBREL
-  if (known || connection.protocolVersion < 5) {
-    connection.send({ cmd: 'pubrel', messageId: packetId });
-  } else {
-    connection.send({ cmd: 'pubrel', messageId: packetId, reasonCode: ReasonCode.PacketIdentifierNotFound });
-  }
+  // PUBREL waits until the released state is stored, so a restart resends PUBREL, not PUBLISH.
+  connection.broker.whenDurable(() => {
+    if (connection.isClosed()) return;
+    if (known || connection.protocolVersion < 5) {
+      connection.send({ cmd: 'pubrel', messageId: packetId });
+    } else {
+      connection.send({ cmd: 'pubrel', messageId: packetId, reasonCode: ReasonCode.PacketIdentifierNotFound });
+    }
+  });
 }
 
 /**
@@ -27,11 +31,15 @@ export function handlePubrec(connection: Connection, packet: IPubrecPacket): voi
 export function handlePubrel(connection: Connection, packet: IPubrelPacket): void {
   const packetId = packet.messageId ?? 0;
   const known = connection.session?.releaseIncoming(packetId) ?? false;
-  if (known || connection.protocolVersion < 5) {
-    connection.send({ cmd: 'pubcomp', messageId: packetId });
-  } else {
-    connection.send({ cmd: 'pubcomp', messageId: packetId, reasonCode: ReasonCode.PacketIdentifierNotFound });
-  }
+  // PUBCOMP waits until the packet id is no longer stored, so the client may reuse it at once.
+  connection.broker.whenDurable(() => {
+    if (connection.isClosed()) return;
+    if (known || connection.protocolVersion < 5) {
+      connection.send({ cmd: 'pubcomp', messageId: packetId });
+    } else {
+      connection.send({ cmd: 'pubcomp', messageId: packetId, reasonCode: ReasonCode.PacketIdentifierNotFound });
+    }
+  });
 }
 
 /** PUBCOMP from the client ends an outgoing QoS 2 delivery. */

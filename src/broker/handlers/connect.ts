@@ -6,6 +6,7 @@ import { checkTopicName } from '../../mqtt/topic.js';
 import { malformedPacket, protocolError } from '../close-reason.js';
 import { forwardedProperties } from '../message.js';
 import type { Will } from '../will.js';
+import type { AuthOutcome } from '../../auth/access-control.js';
 
 /** Session Expiry Interval meaning "never expires" (MQTT 5.0 section 3.1.2.11.2). */
 export const SESSION_NEVER_EXPIRES = 0xffffffff;
@@ -42,12 +43,41 @@ export function handleConnect(connection: Connection, packet: IConnectPacket): v
   const will = packet.will === undefined ? null : parseWill(connection, packet.will);
   if (will === undefined) return;
 
-  const authResult = connection.broker.authenticate(connection, packet.username, packet.password);
-  if (authResult !== ReasonCode.Success) {
-    connection.refuseConnect(authResult, 'not authorized');
+  const outcome = connection.broker.authenticate(connection, clientId, packet.username, packet.password);
+  if (!(outcome instanceof Promise)) {
+    completeConnect(connection, packet, clientId, assigned, will, outcome);
     return;
   }
+  // The connection stays in state 'connecting' while the login is decided. Packets sent after
+  // CONNECT wait: they are handled in order after CONNACK, or dropped with the connection when
+  // the login fails, because a rejected CONNECT ends processing [MQTT-3.1.4-5].
+  connection.hold();
+  outcome
+    .then((result) => {
+      if (connection.state !== 'connecting') return; // closed meanwhile, e.g. by the CONNECT timeout
+      completeConnect(connection, packet, clientId, assigned, will, result);
+      connection.release();
+    })
+    .catch((error: unknown) => {
+      connection.broker.logger.error('CONNECT handling failed after authentication', {
+        conn: connection.id,
+        client_id: clientId,
+        error: error instanceof Error ? error.stack ?? error.message : String(error),
+      });
+      connection.close({ code: ReasonCode.ImplementationSpecificError, message: 'internal error while handling CONNECT', sendDisconnect: true, publishWill: false });
+    });
+}
 
+/** Sends CONNACK for an authenticated client and attaches its session, or refuses the login. */
+function completeConnect(connection: Connection, packet: IConnectPacket, clientId: string, assigned: boolean, will: Will | null, outcome: AuthOutcome): void {
+  if (outcome.code !== ReasonCode.Success) {
+    // The log gets the exact reason. The client gets a generic Reason String, which does not
+    // tell an unknown user name from a wrong password.
+    connection.refuseConnect(outcome.code, outcome.code === ReasonCode.BadUserNameOrPassword ? 'bad user name or password' : 'not authorized');
+    return;
+  }
+  const version = connection.protocolVersion;
+  const properties: ConnectProperties = packet.properties ?? {};
   const keepalive = packet.keepalive ?? 0;
   const maxKeepalive = connection.broker.limits.maxKeepalive;
   let serverKeepalive: number | undefined;
@@ -65,11 +95,23 @@ export function handleConnect(connection: Connection, packet: IConnectPacket): v
   const expiry = Math.min(requested, connection.broker.limits.maxSessionExpirySeconds);
   connection.requestedSessionExpiry = requested;
   connection.clientId = clientId;
-  connection.username = packet.username;
+  connection.username = outcome.username;
+  if (will !== null && !connection.broker.access.mayPublishWill(connection, will.topic)) {
+    // A will is a PUBLISH made later on the client's behalf, so it needs the same write access.
+    connection.refuseConnect(ReasonCode.NotAuthorized, 'will topic not authorized');
+    return;
+  }
   connection.will = will;
 
-  const { session, present } = connection.broker.attachSession(clientId, cleanStart, expiry, will);
+  const owner = { username: connection.username, listener: connection.listener.name };
+  let { session, present } = connection.broker.attachSession(clientId, cleanStart, expiry, will, owner);
+  if (present && !connection.broker.access.isSameOwner(session, connection)) {
+    // A session left by another user is not handed over, because its subscriptions and queued
+    // messages were authorized for that user. The client starts with a new session instead.
+    ({ session, present } = connection.broker.attachSession(clientId, true, expiry, will, owner));
+  }
   connection.session = session;
+  connection.broker.access.bindSession(session, connection);
   connection.markConnected();
   if (version === 5) {
     connection.send({
@@ -165,7 +207,7 @@ function connackProperties(
   const limits = connection.broker.limits;
   return {
     receiveMaximum: limits.receiveMaximum,
-    maximumPacketSize: limits.maxPacketSize,
+    maximumPacketSize: connection.maxPacketSize,
     topicAliasMaximum: limits.topicAliasMaximum,
     retainAvailable: true,
     wildcardSubscriptionAvailable: true,

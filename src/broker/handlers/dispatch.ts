@@ -1,6 +1,6 @@
 import type { Packet } from 'mqtt-packet';
 import type { Connection } from '../connection.js';
-import { protocolError } from '../close-reason.js';
+import { malformedPacket, protocolError } from '../close-reason.js';
 import { handleConnect } from './connect.js';
 import { handlePublish } from './publish.js';
 import { handlePuback, handlePubcomp, handlePubrec, handlePubrel } from './acknowledgements.js';
@@ -16,6 +16,11 @@ export function dispatchPacket(connection: Connection, packet: Packet): void {
     return;
   }
   if (connection.state !== 'connected') return;
+  if (needsPacketId(packet) && !isPacketId(packet.messageId)) {
+    // A Packet Identifier is a non-zero 16-bit integer [MQTT-2.2.1-3].
+    connection.close(malformedPacket(`${packet.cmd.toUpperCase()} without a valid packet identifier`));
+    return;
+  }
   switch (packet.cmd) {
     case 'publish':
       handlePublish(connection, packet);
@@ -52,4 +57,25 @@ export function dispatchPacket(connection: Connection, packet: Packet): void {
     default:
       connection.close(protocolError(`${packet.cmd.toUpperCase()} is not sent by clients`, ReasonCode.ProtocolError));
   }
+}
+
+/** Tells whether a packet of this type carries a Packet Identifier. */
+function needsPacketId(packet: Packet): boolean {
+  switch (packet.cmd) {
+    case 'publish':
+      return packet.qos > 0;
+    case 'puback':
+    case 'pubrec':
+    case 'pubrel':
+    case 'pubcomp':
+    case 'subscribe':
+    case 'unsubscribe':
+      return true;
+    default:
+      return false;
+  }
+}
+
+function isPacketId(value: number | undefined): boolean {
+  return value !== undefined && Number.isInteger(value) && value >= 1 && value <= 0xffff;
 }

@@ -71,7 +71,10 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
     return;
   }
 
-  broker.stats.publishReceived++;
+  const stats = broker.stats;
+  stats.publishReceived++;
+  stats.publishReceivedByQos[packet.qos]++;
+  stats.publishBytesReceivedByQos[packet.qos] += packet.payload.length;
   if (!broker.allowPublish(connection, topic)) {
     acknowledge(connection, packet, ReasonCode.NotAuthorized);
     return;
@@ -94,7 +97,9 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
   const matched = broker.route(message);
   if (packet.qos === 0) return;
   if (packet.qos === 2) session.addIncoming(packetId);
-  const reasonCode = matched > 0 ? ReasonCode.Success : ReasonCode.NoMatchingSubscribers;
+  let reasonCode: number = matched > 0 ? ReasonCode.Success : ReasonCode.NoMatchingSubscribers;
+  // A bridge outbox that is full and set to reject new messages rejected this one.
+  if (broker.routeRejected) reasonCode = ReasonCode.QuotaExceeded;
   // Acknowledged means stored: PUBACK and PUBREC wait for the commit of everything this
   // message wrote (retained, queued and in-flight copies, the QoS 2 packet id).
   broker.whenDurable((ok) => {

@@ -21,10 +21,11 @@ export function handleUnsubscribe(connection: Connection, packet: IUnsubscribePa
     const removed = connection.broker.unsubscribe(session, rawFilter);
     codes.push(removed ? ReasonCode.Success : ReasonCode.NoSubscriptionExisted);
   }
-  // UNSUBACK carries the packet id of the UNSUBSCRIBE [MQTT-3.10.4-4]; only v5 has reason codes.
-  if (connection.protocolVersion === 5) {
-    connection.send({ cmd: 'unsuback', messageId: packet.messageId, granted: codes });
-  } else {
-    connection.send({ cmd: 'unsuback', messageId: packet.messageId, granted: [] });
-  }
+  // UNSUBACK waits until a stored session's removals are committed. It carries the packet id
+  // of the UNSUBSCRIBE [MQTT-3.10.4-4]; only v5 has reason codes.
+  connection.broker.whenDurable(() => {
+    if (connection.isClosed()) return;
+    const granted = connection.protocolVersion === 5 ? codes : [];
+    connection.send({ cmd: 'unsuback', messageId: packet.messageId, granted });
+  });
 }
