@@ -21,6 +21,17 @@ const requiredPrograms = [
   { path: '/usr/sbin/mosquitto', debianPackage: 'mosquitto' },
   // Makes mosquitto_sub line-buffered when its output is a pipe. Debian always has coreutils.
   { path: '/usr/bin/stdbuf', debianPackage: 'coreutils' },
+  // test/systemd.test.ts: the sender of systemd notifications, and the receiving socket's program.
+  { path: '/usr/bin/systemd-notify', debianPackage: 'systemd' },
+  { path: '/usr/bin/python3', debianPackage: 'python3' },
+  // test/helpers/certs.ts makes the test CA and certificates with openssl.
+  { path: '/usr/bin/openssl', debianPackage: 'openssl' },
+  // test/field-*.test.ts: socat makes the pty pairs that stand in for RS-485 adapters, and
+  // test/fixtures/modbus_device.py serves the Modbus device with Debian's pymodbus, whose serial
+  // server needs pyserial-asyncio (only recommended by python3-pymodbus, so named here).
+  { path: '/usr/bin/socat', debianPackage: 'socat' },
+  { path: '/usr/lib/python3/dist-packages/pymodbus/__init__.py', debianPackage: 'python3-pymodbus' },
+  { path: '/usr/lib/python3/dist-packages/serial_asyncio/__init__.py', debianPackage: 'python3-serial-asyncio' },
 ];
 
 const aptGetPath = '/usr/bin/apt-get';

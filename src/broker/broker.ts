@@ -1,4 +1,4 @@
-import type { AddressInfo, Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import type { QoS } from 'mqtt-packet';
 import type { ListenerConfig, OutpostConfig } from '../config/schema.js';
 import type { Logger } from '../service/logger.js';
@@ -7,8 +7,12 @@ import { parseFilter } from '../mqtt/topic.js';
 import { SERVER_SHUTTING_DOWN, SESSION_TAKEN_OVER, type CloseReason } from './close-reason.js';
 import { Connection } from './connection.js';
 import { SESSION_NEVER_EXPIRES } from './handlers/connect.js';
-import { InternalClient, type InternalMessageHandler } from './internal-client.js';
+import { InternalClient, type InternalClientOptions, type InternalMessageHandler } from './internal-client.js';
 import { Listener } from './listener.js';
+import { AccessControl, type AuthOutcome } from '../auth/access-control.js';
+import { BufferBudget } from '../transport/buffer-budget.js';
+import type { ClientSocket } from '../transport/client-socket.js';
+import { certificateIdentity } from '../transport/tls.js';
 import type { Message } from './message.js';
 import { PublishEncoder } from './publish-encoder.js';
 import { RetainedStore } from './retained.js';
@@ -60,12 +64,21 @@ export class Broker {
   readonly retained: RetainedStore;
   /** The SQLite store, or null when persistence is off. */
   store: Store | null = null;
+  /**
+   * Set during `route` by a synchronous in-process subscriber that rejected the message for lack
+   * of space (a bridge outbox with `when_full: reject_new`). The publish handler then sends a v5
+   * publisher 0x97 (Quota exceeded). Cleared at the start of every `route`.
+   */
+  routeRejected = false;
   private readonly sessions = new Map<string, Session>();
   private readonly connections = new Set<Connection>();
   private readonly connectionsPerListener = new Map<ListenerSettings, number>();
   private readonly tree = new SubscriptionTree();
   private readonly listeners: Listener[] = [];
   private readonly sessionEvents: SessionEvents;
+  /** Authentication and authorization: password and ACL files, auth plugin, login delay. */
+  readonly access: AccessControl;
+  private readonly bufferBudget: BufferBudget<Connection>;
   private sys: SysPublisher | null = null;
   private running = false;
 
@@ -78,14 +91,21 @@ export class Broker {
       maxBytes: config.limits.max_retained_bytes,
     });
     this.sessionEvents = { dropped: (session, delivery, reason) => this.onDropped(session, delivery, reason) };
+    this.access = new AccessControl(config, logger, (topic, value) => {
+      if (this.running) this.publishSys(topic, value);
+    });
+    this.bufferBudget = new BufferBudget<Connection>(config.limits.max_client_buffer_bytes, (connection, total) => this.evictForMemory(connection, total));
   }
 
   /** Binds every listener; rejects with the first bind error after closing those already bound. */
   async start(): Promise<void> {
+    await this.access.start();
     if (this.config.persistence.enabled) this.openStore();
+    const transportLimits = { maxPacketSize: this.limits.maxPacketSize, connectTimeoutMs: this.limits.connectTimeoutMs };
     for (const settings of this.config.listeners) {
-      const listener = new Listener(settings, (socket) => this.accept(socket, settings), this.logger);
+      let listener: Listener;
       try {
+        listener = new Listener(settings, (socket) => this.accept(socket, settings), this.logger, transportLimits);
         await listener.listen();
       } catch (error) {
         await this.closeListeners();
@@ -108,6 +128,8 @@ export class Broker {
     this.running = false;
     this.sys?.stop();
     this.sys = null;
+    this.access.stop();
+    this.bufferBudget.stop();
     const closing = this.closeListeners();
     for (const connection of [...this.connections]) connection.close(SERVER_SHUTTING_DOWN);
     for (const session of this.sessions.values()) clearSessionTimers(session);
@@ -120,8 +142,18 @@ export class Broker {
     return this.listeners.map((listener) => listener.address());
   }
 
+  /** True from the end of `start` until `stop` begins. */
+  get isRunning(): boolean {
+    return this.running;
+  }
+
+  /** Network connections open on a listener, counting those that have not sent CONNECT yet. */
+  connectionCount(settings: ListenerSettings): number {
+    return this.connectionsPerListener.get(settings) ?? 0;
+  }
+
   /** Creates an in-process client that publishes and subscribes through the router like a network client. */
-  createClient(clientId: string, handler: InternalMessageHandler): InternalClient {
+  createClient(clientId: string, handler: InternalMessageHandler, options: InternalClientOptions = {}): InternalClient {
     const existing = this.sessions.get(clientId);
     if (existing !== undefined) {
       if (existing.sink !== null) throw new Error(`client id ${JSON.stringify(clientId)} is in use; choose another id for the in-process client`);
@@ -129,7 +161,7 @@ export class Broker {
     }
     const session = new Session(clientId, this.sessionLimits(), this.sessionEvents);
     this.sessions.set(clientId, session);
-    const client = new InternalClient(this, session, handler);
+    const client = new InternalClient(this, session, handler, options);
     session.sink = client;
     return client;
   }
@@ -152,6 +184,13 @@ export class Broker {
     return this.tree.size;
   }
 
+  /** Messages waiting in session queues, stored or in memory. */
+  queuedMessageCount(): number {
+    let count = 0;
+    for (const session of this.sessions.values()) count += session.queuedMessages;
+    return count;
+  }
+
   get sessionCount(): number {
     return this.sessions.size;
   }
@@ -161,6 +200,7 @@ export class Broker {
    * number of sessions it was delivered to.
    */
   route(message: Message): number {
+    this.routeRejected = false;
     if (message.retain && !this.retained.set(message)) { // [MQTT-3.3.1-5]
       this.logger.limited('warn', 'retained-full', REPEAT_LOG_MS, 'retained message not stored: retained limit reached', {
         topic: message.topic,
@@ -171,9 +211,11 @@ export class Broker {
     const collector = new DeliveryCollector(message);
     this.tree.match(message.topic, collector);
     let count = 0;
+    const readChecks = this.access.readChecks;
     for (const [clientId, target] of collector.targets) {
       const session = this.sessions.get(clientId);
       if (session === undefined) continue;
+      if (readChecks && !this.access.mayRead(session, message.topic)) continue;
       session.deliver({ message, qos: target.qos, retain: target.retain, subscriptionIds: target.subscriptionIds });
       count++;
     }
@@ -181,6 +223,8 @@ export class Broker {
       const member = this.pickSharedMember(group);
       const session = member === null ? undefined : this.sessions.get(member.clientId);
       if (member === null || session === undefined) continue;
+      // NOTE: a group member without read access drops the message for the whole group.
+      if (readChecks && !this.access.mayRead(session, message.topic)) continue;
       session.deliver({
         message,
         qos: Math.min(message.qos, member.qos) as QoS,
@@ -217,42 +261,75 @@ export class Broker {
    */
   sendRetained(session: Session, subscription: Subscription): void {
     const subscriptionIds = subscription.subscriptionId === 0 ? [] : [subscription.subscriptionId];
-    for (const message of this.retained.match(subscription.filter)) {
+    const readChecks = this.access.readChecks;
+    let skipped = 0;
+    for (const { topic, qos } of this.retained.matchTopics(subscription.filter)) {
+      if (readChecks && !this.access.mayRead(session, topic)) continue;
+      // A payload the session would drop is not read from the store at all.
+      if (!session.hasRoomFor(Math.min(qos, subscription.qos) as QoS)) {
+        skipped++;
+        continue;
+      }
+      const message = this.retained.get(topic);
+      if (message === null) continue;
       session.deliver({ message, qos: Math.min(message.qos, subscription.qos) as QoS, retain: true, subscriptionIds });
+    }
+    if (skipped > 0) {
+      this.stats.publishDropped += skipped;
+      this.logger.limited('warn', `retained-skipped:${session.clientId}`, REPEAT_LOG_MS, 'retained messages dropped: session queue full', {
+        client_id: session.clientId,
+        filter: subscription.rawFilter,
+        dropped: skipped,
+      });
     }
     this.encoder.reset();
   }
 
-  /** Checks a client's credentials; returns 0 or the v5 reason code to refuse the connection with. */
-  authenticate(connection: Connection, username: string | undefined, _password: Buffer | undefined): number {
-    const settings = connection.listener;
-    if (settings.allow_anonymous) return ReasonCode.Success;
-    // NOTE: no password backend exists yet, so a listener without anonymous access admits nobody.
-    return username === undefined ? ReasonCode.NotAuthorized : ReasonCode.BadUserNameOrPassword;
+  /**
+   * Checks a client's credentials (password file, client certificate, auth plugin). Returns the
+   * outcome at once, or a promise when a hash, the plugin or a failed-login delay is involved.
+   */
+  authenticate(connection: Connection, clientId: string, username: string | undefined, password: Buffer | undefined): AuthOutcome | Promise<AuthOutcome> {
+    return this.access.authenticate(connection, clientId, username, password);
   }
 
-  /** Tells whether a client may publish to a topic; `$SYS/` belongs to the broker. */
+  /** Tells whether a client may publish to a topic: never to `$SYS`, else as the ACL and plugin allow. */
   allowPublish(connection: Connection, topic: string): boolean {
-    if (topic.startsWith('$SYS/') || topic === '$SYS') {
-      this.logger.limited('warn', `sys-publish:${connection.clientId}`, REPEAT_LOG_MS, 'publish to $SYS topic rejected', {
-        client_id: connection.clientId,
-        conn: connection.id,
-        topic,
-      });
-      return false;
-    }
-    return true;
+    return this.access.mayPublish(connection, topic);
   }
 
-  allowSubscribe(_connection: Connection, _filter: string): boolean {
-    return true;
+  allowSubscribe(connection: Connection, filter: string): boolean {
+    return this.access.maySubscribe(connection, filter);
+  }
+
+  /**
+   * Reads the password and ACL files and the TLS certificates and keys again (on SIGHUP). Clients
+   * stay connected; new logins and TLS handshakes use the new files. A file with a problem is
+   * reported in `failed` and its old contents stay in use.
+   */
+  reloadSecurity(): { reloaded: string[]; failed: string[] } {
+    const result = this.access.reload();
+    for (const listener of this.listeners) {
+      try {
+        if (listener.reloadTls()) result.reloaded.push(`listener ${listener.settings.name}: TLS certificate ${listener.settings.tls.cert_file} and key`);
+      } catch (error) {
+        result.failed.push(error instanceof Error ? error.message : String(error));
+      }
+    }
+    return result;
   }
 
   /**
    * Finds or creates the session for a connecting client. An existing connection with the same
    * client id is closed first [MQTT-3.1.4-3]; Clean Start discards an existing session [MQTT-3.1.2-4].
    */
-  attachSession(clientId: string, cleanStart: boolean, expiry: number, will: Will | null): { session: Session; present: boolean } {
+  attachSession(
+    clientId: string,
+    cleanStart: boolean,
+    expiry: number,
+    will: Will | null,
+    owner: { username: string | undefined; listener: string },
+  ): { session: Session; present: boolean } {
     let session = this.sessions.get(clientId);
     if (session !== undefined && session.sink instanceof Connection) {
       session.sink.close(SESSION_TAKEN_OVER);
@@ -277,15 +354,18 @@ export class Broker {
       session.pendingWill = null;
     }
     session.expiryInterval = expiry;
+    session.ownerUsername = owner.username;
+    session.ownerListener = owner.listener;
     if (this.store !== null && expiry > 0) {
       session.store = this.store;
       // The will is stored with the session so that a crash of the broker still sends it.
-      this.store.saveSession({ clientId, expiryInterval: expiry, expiresAt: 0, will, willAt: 0 });
+      this.store.saveSession({ clientId, expiryInterval: expiry, expiresAt: 0, will, willAt: 0, ...ownerOf(session) });
     }
     return { session, present };
   }
 
-  accept(socket: Socket, settings: ListenerSettings): void {
+  /** Takes a new client stream from a listener, unless a connection limit is reached. */
+  accept(socket: ClientSocket, settings: ListenerSettings): void {
     const perListener = this.connectionsPerListener.get(settings) ?? 0;
     const overGlobal = this.connections.size >= this.limits.maxConnections;
     const overListener = settings.max_connections > 0 && perListener >= settings.max_connections;
@@ -301,7 +381,22 @@ export class Broker {
       return;
     }
     this.connectionsPerListener.set(settings, perListener + 1);
-    this.connections.add(new Connection(this, socket, settings));
+    const certificate = settings.tls.require_certificate ? certificateIdentity(socket) : null;
+    const connection = new Connection(this, socket, settings, certificate);
+    this.connections.add(connection);
+    this.bufferBudget.add(connection);
+  }
+
+  /** Disconnects a client whose buffers are among the largest while the buffer cap is exceeded. */
+  private evictForMemory(connection: Connection, total: number): void {
+    this.logger.limited('warn', 'buffer-cap', REPEAT_LOG_MS, 'client disconnected: client buffers over limits.max_client_buffer_bytes', {
+      client_id: connection.clientId,
+      conn: connection.id,
+      buffered_bytes: connection.bufferedBytes,
+      total_bytes: total,
+      limit_bytes: this.config.limits.max_client_buffer_bytes,
+    });
+    connection.close({ code: ReasonCode.ServerBusy, message: 'client buffers over limits.max_client_buffer_bytes', sendDisconnect: true, publishWill: true });
   }
 
   clientConnected(connection: Connection, cleanStart: boolean, sessionPresent: boolean): void {
@@ -428,6 +523,7 @@ export class Broker {
       expiresAt: never ? 0 : now + session.expiryInterval * 1000,
       will,
       willAt: will !== null ? now + Math.min(will.delaySeconds, session.expiryInterval) * 1000 : 0,
+      ...ownerOf(session),
     });
   }
 
@@ -437,7 +533,14 @@ export class Broker {
     if (store === null) return;
     const never = session.expiryInterval === SESSION_NEVER_EXPIRES;
     const expiresAt = session.sink !== null || never ? 0 : Date.now() + session.expiryInterval * 1000;
-    store.saveSession({ clientId: session.clientId, expiryInterval: session.expiryInterval, expiresAt, will: null, willAt: 0 });
+    store.saveSession({
+      clientId: session.clientId,
+      expiryInterval: session.expiryInterval,
+      expiresAt,
+      will: null,
+      willAt: 0,
+      ...ownerOf(session),
+    });
   }
 
   private openStore(): void {
@@ -446,13 +549,12 @@ export class Broker {
       {
         dataDir: this.config.data_dir,
         synchronous: persistence.synchronous,
-        maxDatabaseBytes: persistence.max_database_bytes,
       },
       this.logger,
     );
-    const store = new Store(db, persistence.batch_window_ms, this.logger);
+    const store = new Store(db, { batchWindowMs: persistence.batch_window_ms, maxDatabaseBytes: persistence.max_database_bytes }, this.logger);
     this.store = store;
-    this.retained.attach(store, store.loadRetainedIndex());
+    this.retained.attach(store, store.iterateRetainedIndex());
     this.restoreSessions(store);
     this.logger.info('state database opened', {
       path: db.name,
@@ -491,6 +593,9 @@ export class Broker {
       const session = new Session(row.clientId, this.sessionLimits(), this.sessionEvents);
       session.expiryInterval = row.expiryInterval;
       session.store = store;
+      session.ownerUsername = row.username;
+      session.ownerListener = row.listener;
+      this.access.bindStoredSession(session, row.clientId, row.username, row.listener);
       session.restore(queueTotals.get(row.clientId), inflightSeq.get(row.clientId) ?? 0, incoming.get(row.clientId) ?? []);
       this.sessions.set(row.clientId, session);
     }
@@ -621,6 +726,10 @@ function limitsFromConfig(config: OutpostConfig): BrokerLimits {
     topicAliasMaximum: limits.topic_alias_maximum,
     maxSessionExpirySeconds: limits.max_session_expiry_seconds,
   };
+}
+
+function ownerOf(session: Session): { username: string | undefined; listener: string } {
+  return { username: session.ownerUsername, listener: session.ownerListener };
 }
 
 function clearSessionTimers(session: Session): void {

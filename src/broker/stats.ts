@@ -9,6 +9,14 @@ export class BrokerStats {
   publishReceived = 0;
   publishSent = 0;
   publishDropped = 0;
+  /** PUBLISH packets from network clients, indexed by QoS (0, 1, 2). */
+  readonly publishReceivedByQos: number[] = [0, 0, 0];
+  /** Payload bytes of those PUBLISH packets, indexed by QoS. */
+  readonly publishBytesReceivedByQos: number[] = [0, 0, 0];
+  /** PUBLISH packets written to network clients, indexed by the QoS they were sent with. */
+  readonly publishSentByQos: number[] = [0, 0, 0];
+  /** Payload bytes of those PUBLISH packets, indexed by QoS. */
+  readonly publishBytesSentByQos: number[] = [0, 0, 0];
   clientsConnected = 0;
   clientsMaximum = 0;
   clientsExpired = 0;

@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import type { Broker } from './broker.js';
+import { Store } from '../store/store.js';
 
 const packageJson = createRequire(import.meta.url)('../../package.json') as { version: string };
 
@@ -56,6 +57,17 @@ export class SysPublisher {
     this.publish('$SYS/broker/subscriptions/count', String(broker.subscriptionCount));
     this.publish('$SYS/broker/retained messages/count', String(broker.retained.size));
     this.publish('$SYS/broker/heap/current', String(process.memoryUsage().heapUsed));
+    this.publish('$SYS/broker/messages/stored', String(broker.retained.size + broker.queuedMessageCount()));
+    const store = broker.store;
+    if (store !== null) {
+      const written = Store.processBytesWritten();
+      this.publish('$SYS/broker/store/messages', String(store.messagesStored));
+      this.publish('$SYS/broker/store/bytes_written', String(written));
+      this.publish('$SYS/broker/store/bytes_per_message', store.messagesStored === 0 ? '0' : String(Math.round(written / store.messagesStored)));
+      this.publish('$SYS/broker/store/size', String(store.databaseBytes()));
+      this.publish('$SYS/broker/store/full', store.writable ? '0' : '1');
+      this.publish('$SYS/broker/store/failed_commits', String(store.failedCommits));
+    }
   }
 
   private publish(topic: string, value: string): void {

@@ -5,6 +5,7 @@
 
 import { BlockList, isIP, isIPv4 } from 'node:net';
 
+import { bridgesSchema } from '../bridge/config-schema.js';
 import { fieldSchema } from '../field/config-schema.js';
 import { LOG_LEVELS } from '../service/logger.js';
 import { array, boolean, enumOf, integer, object, string, type Infer } from './schema-kit.js';
@@ -245,7 +246,7 @@ const limitsSchema = object(
     }),
     max_client_buffer_bytes: integer({
       description:
-        'Cap on the bytes buffered for all network clients together: partly received packets and data written but not yet sent. Above it, new connections are refused and the clients with the largest buffers are disconnected (checked once per second).',
+        'Cap on the bytes buffered for all network clients together: partly received packets and data written but not yet sent. Checked once per second; above it, the clients with the largest buffers are disconnected (v5 reason 0x89) until the sum is below 90 % of the cap.',
       default: 67_108_864,
       min: 1_048_576,
       unit: 'bytes',
@@ -333,6 +334,29 @@ const authSchema = object(
   { description: 'Authentication settings shared by all listeners.' },
 );
 
+const httpSchema = object(
+  {
+    enabled: boolean({
+      description:
+        'Serve the operations endpoints over HTTP: `/metrics` (Prometheus text format), `/healthz` (200 when healthy, 503 with the reasons otherwise) and `/status` (JSON, read by `outpost status`).',
+      default: false,
+    }),
+    host: string({
+      description:
+        'Address the operations endpoints bind. They have no authentication, so keep them on a loopback address unless a firewall or reverse proxy protects them.',
+      default: '127.0.0.1',
+      format: { describe: 'IP address or host name', test: isHostNameOrAddress },
+    }),
+    port: integer({
+      description: 'TCP port of the operations endpoints. 0 picks a free port, which the `operations endpoint listening` log line reports.',
+      default: 9183,
+      min: 0,
+      max: MAX_UINT16,
+    }),
+  },
+  { description: 'HTTP endpoints for monitoring and `outpost status`.' },
+);
+
 const sysSchema = object(
   {
     interval_seconds: integer({
@@ -389,7 +413,9 @@ export const configSchema = object(
     persistence: persistenceSchema,
     auth: authSchema,
     sys: sysSchema,
+    http: httpSchema,
     field: fieldSchema,
+    bridges: bridgesSchema,
   },
   { description: 'The Outpost configuration file.' },
 );

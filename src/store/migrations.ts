@@ -23,11 +23,7 @@ export const MIGRATIONS: readonly string[] = [
     -- The will of the connection (JSON), kept while its client is connected or its delay runs.
     will TEXT,
     -- When a pending will is published; 0 while the client was connected.
-    will_at INTEGER NOT NULL,
-    -- User name and listener of the client that last held the session, for authorization while
-    -- it is offline and for refusing a takeover by another user.
-    username TEXT,
-    listener TEXT
+    will_at INTEGER NOT NULL
   ) WITHOUT ROWID;
 
   CREATE TABLE subscriptions (
@@ -97,6 +93,12 @@ export const MIGRATIONS: readonly string[] = [
     bridge TEXT PRIMARY KEY,
     reserved_seq INTEGER NOT NULL
   ) WITHOUT ROWID;
+  `,
+  // Version 3: the user name and listener of the client that last held a session, for
+  // authorization while it is offline and for refusing a takeover by another user.
+  `
+  ALTER TABLE sessions ADD COLUMN username TEXT;
+  ALTER TABLE sessions ADD COLUMN listener TEXT;
   `,
 ];
 
