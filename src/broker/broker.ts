@@ -335,7 +335,7 @@ export class Broker {
       session.sink.close(SESSION_TAKEN_OVER);
       session = this.sessions.get(clientId);
     } else if (session !== undefined && session.sink !== null) {
-      // An in-process client holds this id; the network client replaces it.
+      // An in-process client uses this id, so the network client replaces it.
       this.endSession(session);
       session = undefined;
     }
@@ -644,7 +644,7 @@ export class Broker {
         return members[index];
       }
     }
-    // Nobody can take it now: queue it in the next member's session.
+    // No member can take it now, so it waits in the next member's session queue.
     const index = group.next % members.length;
     group.next = (index + 1) % members.length;
     return members[index];
