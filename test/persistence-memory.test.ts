@@ -203,7 +203,7 @@ it('bounds memory of a wide retained match', async () => {
     50,
   );
   const growth = peakResidentBytes(outpost.pid) - before;
-  // Resident memory also holds garbage not yet collected and allocator slack, so the bound is
+  // Resident memory also contains garbage not yet collected and allocator slack, so the bound is
   // three quarters of the payload total: reading every matching payload at once peaked above it.
   expect(growth, `peak memory growth for a subscription matching ${MESSAGES} retained messages: ${megabytes(growth)}`).toBeLessThan(
     PAYLOAD_TOTAL * 0.75,

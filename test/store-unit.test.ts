@@ -132,7 +132,7 @@ it('rejects work at the size bound and accepts it below', async () => {
 it('reports a failed commit on a full disk and rolls it back', async () => {
   const target = openStore(1);
   const pages = target.db.pragma('page_count', { simple: true }) as number;
-  // A hard page bound stands in for a full disk.
+  // A hard page bound simulates a full disk.
   target.db.pragma(`max_page_count = ${pages + 16}`);
   let stored = 0;
   let ok = true;

@@ -8,10 +8,10 @@ import { isIPv6 } from 'node:net';
 import type { GatewayStatus, PerQos } from '../service/gateway-status.js';
 import type { HttpSettings } from '../service/http.js';
 
-/** Time to wait for the gateway's answer. */
+/** Time to wait for the gateway's HTTP response. */
 const REQUEST_TIMEOUT_MS = 5_000;
 
-/** The status could not be read; the message says from where and what to check. */
+/** Failure to read the status. The message names the address and what to check. */
 export class StatusError extends Error {
   readonly code = 'ERR_STATUS';
 }
@@ -53,7 +53,7 @@ export async function fetchStatus(baseUrl: string): Promise<GatewayStatus> {
 
 function describeFetchError(error: unknown): string {
   if (!(error instanceof Error)) return String(error);
-  if (error.name === 'TimeoutError') return `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`;
+  if (error.name === 'TimeoutError') return `no response within ${REQUEST_TIMEOUT_MS / 1000} s`;
   // fetch wraps the socket error (ECONNREFUSED and the like) in `cause`.
   const cause = error.cause;
   if (cause instanceof Error) return 'code' in cause ? String(cause.code) : cause.message;

@@ -36,7 +36,7 @@ export function parseFilter(raw: string, maxLevels: number): ParsedFilter | Filt
     if (slash < 0) return 'bad-share';
     shareGroup = raw.slice(SHARE_PREFIX.length, slash);
     filter = raw.slice(slash + 1);
-    // The share name is at least one character and holds no wildcard or '/' [MQTT-4.8.2-1],
+    // The share name is at least one character and contains no wildcard or '/' [MQTT-4.8.2-1],
     // and the filter after it is not empty [MQTT-4.8.2-2].
     if (shareGroup.length === 0 || /[+#]/.test(shareGroup) || filter.length === 0) return 'bad-share';
   }
@@ -57,7 +57,7 @@ function checkFilter(filter: string, maxLevels: number): FilterProblem | null {
     }
     const startsLevel = i === 0 || filter.charCodeAt(i - 1) === 0x2f;
     const endsLevel = i === filter.length - 1 || filter.charCodeAt(i + 1) === 0x2f;
-    // '#' stands alone as the last level [MQTT-4.7.1-2]; '+' occupies a whole level [MQTT-4.7.1-3].
+    // '#' must be the whole last level [MQTT-4.7.1-2], and '+' a whole level [MQTT-4.7.1-3].
     if (c === 0x23 && !(startsLevel && i === filter.length - 1)) return 'bad-wildcard';
     if (c === 0x2b && !(startsLevel && endsLevel)) return 'bad-wildcard';
   }

@@ -233,7 +233,7 @@ export function checkHealth(status: Omit<GatewayStatus, 'health'>): { ok: boolea
   const store = status.store;
   if (store !== null && !store.writable) {
     const bound = store.maxBytes > 0 ? ` (persistence.max_database_bytes is ${store.maxBytes}, the file has ${store.sizeBytes})` : '';
-    problems.push(`the state database is full${bound}, so QoS 1/2 messages are refused; free disk space or raise the bound`);
+    problems.push(`the state database is full${bound}, so QoS 1/2 messages are rejected; free disk space or raise the bound`);
   }
   return { ok: problems.length === 0, problems };
 }

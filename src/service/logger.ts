@@ -137,7 +137,7 @@ function formatValue(value: LogFieldValue): string {
   return text;
 }
 
-/** A logger that writes nothing: for tests and embedded use that do not want output. */
+/** Returns a logger that writes nothing, for tests and embedded use that want no output. */
 export function silentLogger(): Logger {
   return new Logger('error', { sink: { write: () => undefined }, journald: false });
 }

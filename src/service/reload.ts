@@ -16,7 +16,7 @@ import type { Logger } from './logger.js';
 const RELOADABLE_KEYS = new Set(['log.level']);
 
 export interface ReloadOutcome {
-  /** What the reload changed, e.g. `log.level info -> debug`. */
+  /** Changes the reload applied, e.g. `log.level info -> debug`. */
   applied: string[];
   /** Keys whose value changed in the file but that need a restart, e.g. `listeners.0.port`. */
   restartNeeded: string[];
@@ -33,7 +33,7 @@ export class ConfigReloader {
 
   /**
    * `fileConfig` is the configuration as read from `path` at start, before command-line options
-   * such as `-p` changed it; `verbose` (`-v`) keeps the log level at debug whatever the file says.
+   * such as `-p` changed it. `verbose` (`-v`) keeps the log level at debug whatever the file sets.
    */
   constructor(path: string, fileConfig: OutpostConfig, logger: Logger, verbose: boolean) {
     this.path = path;
