@@ -9,7 +9,7 @@ import { connectMqttJs, endMqttJs } from './helpers/broker.js';
 import { RawClient } from './helpers/raw-client.js';
 import { createTestCertificates } from './helpers/certs.js';
 import { CapturedLog, startSecureBroker } from './helpers/security.js';
-import { delay, waitFor } from './helpers/wait.js';
+import { delay } from './helpers/wait.js';
 
 describe('connection rate limiter', () => {
   it('allows a burst, then the refill rate', () => {

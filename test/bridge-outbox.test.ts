@@ -31,7 +31,7 @@ function openStore(file: string): Store {
     for (const migration of MIGRATIONS) db.exec(migration);
     db.pragma(`user_version = ${MIGRATIONS.length}`);
   }
-  return new Store(db, 1000, silentLogger());
+  return new Store(db, { batchWindowMs: 1000, maxDatabaseBytes: 0 }, silentLogger());
 }
 
 function message(payload: string): OutgoingMessage {

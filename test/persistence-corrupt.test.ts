@@ -200,7 +200,7 @@ describe('schema migrations', () => {
       old.close();
 
       const { logger, lines } = capturingLogger();
-      const db = openDatabase({ dataDir, synchronous: 'full', maxDatabaseBytes: 0 }, logger);
+      const db = openDatabase({ dataDir, synchronous: 'full' }, logger);
       expect(db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
       const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as Array<{ name: string }>).map(
         (row) => row.name,
