@@ -110,6 +110,8 @@ export class Bridge {
   private connectAttempts = 0;
   private received = 0;
   private lastError: string | null = null;
+  /** The backlog found at the last connect, until it has been sent and acknowledged. */
+  private backlogAtConnect: { messages: number; acknowledged: number; at: number } | null = null;
 
   constructor(config: BridgeConfig, broker: Broker, logger: Logger, storeSource: () => Store | null) {
     this.name = config.name;
@@ -331,6 +333,7 @@ export class Bridge {
       inflight_window: this.window,
       backlog: this.outbox.messages,
     });
+    this.backlogAtConnect = this.outbox.messages > 0 ? { messages: this.outbox.messages, acknowledged: this.acknowledged, at: Date.now() } : null;
     this.warnAboutRemoteLimits();
     if (this.config.notification_topic !== '') {
       link.send({ cmd: 'publish', topic: this.config.notification_topic, payload: Buffer.from('1'), qos: 0, retain: this.remoteRetainAvailable, dup: false });
@@ -591,6 +594,7 @@ export class Bridge {
         const head = this.outbox.peek();
         if (head === undefined) {
           this.outbox.resyncWhenEmpty(this.inflight.size);
+          if (this.inflight.size === 0) this.logBacklogSent();
           break;
         }
         // Waits for the commit (at most one batch window) of the seq reservation of a new block.
@@ -671,6 +675,18 @@ export class Bridge {
       return;
     }
     this.inflight.set(packetId, entry);
+  }
+
+  /** Logs once that the backlog found at connect time is at the remote broker. */
+  private logBacklogSent(): void {
+    const backlog = this.backlogAtConnect;
+    if (backlog === null) return;
+    this.backlogAtConnect = null;
+    this.logger.info('bridge backlog sent', {
+      backlog: backlog.messages,
+      acknowledged: this.acknowledged - backlog.acknowledged,
+      seconds: ((Date.now() - backlog.at) / 1000).toFixed(1),
+    });
   }
 
   private encodeEntry(entry: OutboxEntry, qos: QoS, packetId: number, now: number): Buffer {
