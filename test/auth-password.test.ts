@@ -1,6 +1,5 @@
 import { execFile, spawn } from 'node:child_process';
 import { chmod, chown, readFile, stat, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { IConnackPacket } from 'mqtt-packet';
@@ -11,6 +10,7 @@ import { parseHash, parsePasswordFile, PasswordFileError, updatePasswordText, ve
 import { runPasswd, type PasswdIo } from '../src/cli/passwd.js';
 import { connectMqttJs, endMqttJs } from './helpers/broker.js';
 import { mosquittoPub, subscribe as mosquittoSubscribe } from './helpers/mosquitto-clients.js';
+import { canConnect, freePort } from './helpers/mosquitto-process.js';
 import { RawClient } from './helpers/raw-client.js';
 import { CapturedLog, createTempDir, passwordFileText, startSecureBroker, type SecureBroker, type TempDir } from './helpers/security.js';
 import { delay, waitFor } from './helpers/wait.js';
@@ -431,23 +431,3 @@ describe('password file at start', () => {
     }
   });
 });
-
-/** Returns a port that was free a moment ago, for Mosquitto, which cannot report a port 0 choice. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect({ host: '127.0.0.1', port });
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
-}

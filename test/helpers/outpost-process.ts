@@ -5,12 +5,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 
+import { REPO_ROOT } from './repo-root.js';
 import { withTimeout } from './wait.js';
 
-const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
-export const OUTPOST_MAIN = join(repoRoot, 'dist/cli/main.js');
+export const OUTPOST_MAIN = join(REPO_ROOT, 'dist/cli/main.js');
 
 /** Settings of the YAML file `writeOutpostConfig` writes; everything else keeps its default. */
 export interface ProcessConfig {
@@ -67,7 +66,7 @@ export class OutpostProcess {
   static async start(configPath: string, timeoutMs = 10_000): Promise<OutpostProcess> {
     if (!existsSync(OUTPOST_MAIN)) throw new Error(`${OUTPOST_MAIN} not found; run npx tsc -p tsconfig.json first`);
     const child = spawn(process.execPath, [OUTPOST_MAIN, '-c', configPath], {
-      cwd: repoRoot,
+      cwd: REPO_ROOT,
       env: { ...process.env, JOURNAL_STREAM: undefined },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
