@@ -210,6 +210,91 @@ describe('max_queued_messages', () => {
   });
 });
 
+describe('throttle_publishers', () => {
+  const MESSAGES = 300;
+
+  /**
+   * Pipelines MESSAGES QoS 1 publishes from a raw 3.1.1 client (no flow control of its own) to a
+   * subscriber that acknowledges each message `ackDelayMs` after it arrives, or never when null.
+   * Returns the payloads the subscriber received and the time until every PUBACK was back.
+   */
+  async function publishToSlowSubscriber(broker: TestBroker, ackDelayMs: number | null): Promise<{ received: string[]; ackedAfterMs: number }> {
+    const subscriber = await connectRaw(broker.port, 4, 'throttle-sub');
+    subscriber.send({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: 'throttle/t', qos: 1 }] });
+    await subscriber.expectPacket('suback');
+    const received: string[] = [];
+    let reading = true;
+    const readLoop = (async (): Promise<void> => {
+      while (reading) {
+        let packet: Packet;
+        try {
+          packet = await subscriber.nextPacket(200);
+        } catch {
+          continue;
+        }
+        if (packet.cmd !== 'publish') continue;
+        received.push(packet.payload.toString());
+        if (ackDelayMs === null) continue;
+        await delay(ackDelayMs);
+        subscriber.send({ cmd: 'puback', messageId: packet.messageId });
+      }
+    })();
+
+    const publisher = await connectRaw(broker.port, 4, 'throttle-pub');
+    const startedAt = Date.now();
+    for (let index = 0; index < MESSAGES; index++) {
+      publisher.send({ cmd: 'publish', topic: 'throttle/t', payload: Buffer.from(`m${index}`), qos: 1, messageId: index + 1, retain: false, dup: false });
+    }
+    for (let acked = 0; acked < MESSAGES; ) {
+      if ((await publisher.nextPacket(10_000)).cmd === 'puback') acked++;
+    }
+    const ackedAfterMs = Date.now() - startedAt;
+    // The queue drains after the last PUBACK: wait until 300 ms pass without a new message.
+    for (let count = -1, deadline = Date.now() + 10_000; received.length !== count && Date.now() < deadline; ) {
+      count = received.length;
+      await delay(300);
+    }
+    reading = false;
+    await readLoop;
+    return { received, ackedAfterMs };
+  }
+
+  const limits = { max_inflight_messages: 5, max_queued_messages: 20 };
+
+  it('slows publisher, loses nothing', async () => {
+    const broker = await startBroker({ limits });
+    try {
+      const { received } = await publishToSlowSubscriber(broker, 2);
+      expect(received).toHaveLength(MESSAGES);
+      expect(received).toEqual(Array.from({ length: MESSAGES }, (_, index) => `m${index}`));
+    } finally {
+      await broker.stop();
+    }
+  });
+
+  it('drops at the queue bound when off', async () => {
+    const broker = await startBroker({ limits: { ...limits, throttle_publishers: false } });
+    try {
+      const { received } = await publishToSlowSubscriber(broker, 2);
+      expect(received.length).toBeLessThan(MESSAGES);
+    } finally {
+      await broker.stop();
+    }
+  });
+
+  it('stops waiting for a stalled subscriber', async () => {
+    const broker = await startBroker({ limits });
+    try {
+      // The subscriber acknowledges nothing: the publisher waits for it once, for up to STALL_MS.
+      const { received, ackedAfterMs } = await publishToSlowSubscriber(broker, null);
+      expect(ackedAfterMs).toBeLessThan(5000);
+      expect(received).toHaveLength(limits.max_inflight_messages);
+    } finally {
+      await broker.stop();
+    }
+  });
+});
+
 describe('drain_timeout_seconds', () => {
   let broker: TestBroker;
 

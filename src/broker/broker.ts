@@ -16,7 +16,7 @@ import { certificateIdentity } from '../transport/tls.js';
 import type { Message } from './message.js';
 import { PublishEncoder } from './publish-encoder.js';
 import { RetainedStore } from './retained.js';
-import { Session, type Delivery, type DropReason, type SessionEvents } from './session.js';
+import { Session, type Delivery, type DropReason, type SessionEvents, type SessionLimits } from './session.js';
 import { BrokerStats } from './stats.js';
 import type { Subscription } from './subscription.js';
 import { SubscriptionTree, type MatchVisitor, type SharedGroup } from './subscription-tree.js';
@@ -36,6 +36,7 @@ export interface BrokerLimits {
   maxQueuedMessages: number;
   maxQueuedBytes: number;
   queueQos0Messages: boolean;
+  throttlePublishers: boolean;
   maxTopicLevels: number;
   maxKeepalive: number;
   connectTimeoutMs: number;
@@ -70,6 +71,11 @@ export class Broker {
    * publisher 0x97 (Quota exceeded). Cleared at the start of every `route`.
    */
   routeRejected = false;
+  /**
+   * Online sessions whose queue `route` left at its high-water mark, for the publish handler to wait
+   * for (see `Connection.waitForQueues`). Cleared at the start of every `route`.
+   */
+  readonly congestedTargets: Session[] = [];
   private readonly sessions = new Map<string, Session>();
   private readonly connections = new Set<Connection>();
   private readonly connectionsPerListener = new Map<ListenerSettings, number>();
@@ -201,6 +207,7 @@ export class Broker {
    */
   route(message: Message): number {
     this.routeRejected = false;
+    this.congestedTargets.length = 0;
     if (message.retain && !this.retained.set(message)) { // [MQTT-3.3.1-5]
       this.logger.limited('warn', 'retained-full', REPEAT_LOG_MS, 'retained message not stored: retained limit reached', {
         topic: message.topic,
@@ -217,6 +224,7 @@ export class Broker {
       if (session === undefined) continue;
       if (readChecks && !this.access.mayRead(session, message.topic)) continue;
       session.deliver({ message, qos: target.qos, retain: target.retain, subscriptionIds: target.subscriptionIds });
+      if (target.qos > 0 && session.congested) this.congestedTargets.push(session);
       count++;
     }
     for (const group of collector.groups) {
@@ -231,6 +239,7 @@ export class Broker {
         retain: member.retainAsPublished && message.retain,
         subscriptionIds: member.subscriptionId === 0 ? [] : [member.subscriptionId],
       });
+      if (message.qos > 0 && member.qos > 0 && session.congested) this.congestedTargets.push(session);
       count++;
     }
     this.encoder.reset();
@@ -661,11 +670,12 @@ export class Broker {
     });
   }
 
-  private sessionLimits(): { maxQueuedMessages: number; maxQueuedBytes: number; queueQos0Messages: boolean } {
+  private sessionLimits(): SessionLimits {
     return {
       maxQueuedMessages: this.limits.maxQueuedMessages,
       maxQueuedBytes: this.limits.maxQueuedBytes,
       queueQos0Messages: this.limits.queueQos0Messages,
+      throttlePublishers: this.limits.throttlePublishers,
     };
   }
 
@@ -719,6 +729,7 @@ function limitsFromConfig(config: OutpostConfig): BrokerLimits {
     maxQueuedMessages: limits.max_queued_messages,
     maxQueuedBytes: limits.max_queued_bytes,
     queueQos0Messages: limits.queue_qos0_messages,
+    throttlePublishers: limits.throttle_publishers,
     maxTopicLevels: limits.max_topic_levels,
     maxKeepalive: limits.max_keepalive,
     connectTimeoutMs: limits.connect_timeout_seconds * 1000,

@@ -4,7 +4,7 @@ import { FrameReader, type FrameHandler } from '../mqtt/framer.js';
 import { hasMalformedUtf8 } from '../mqtt/utf8.js';
 import { ConnackReturnCode, ReasonCode, connackCodeForVersion } from '../mqtt/reason-codes.js';
 import { KEEPALIVE_TIMEOUT, malformedPacket, type CloseReason } from './close-reason.js';
-import type { Delivery, Session, SessionSink } from './session.js';
+import { STALL_MS, type Delivery, type QueueWaiter, type Session, type SessionSink } from './session.js';
 import type { Will } from './will.js';
 import type { Broker, ListenerSettings } from './broker.js';
 import { dispatchPacket } from './handlers/dispatch.js';
@@ -31,7 +31,7 @@ export type ConnectionState = 'connecting' | 'connected' | 'closed';
 let nextConnectionId = 1;
 
 /** One network connection of one MQTT client: framing, parsing, timers, writes and backpressure. */
-export class Connection implements SessionSink, FrameHandler {
+export class Connection implements SessionSink, FrameHandler, QueueWaiter {
   readonly id: number;
   readonly socket: ClientSocket;
   readonly broker: Broker;
@@ -73,6 +73,11 @@ export class Connection implements SessionSink, FrameHandler {
   /** Frames that arrived while an asynchronous step (authentication, plugin authorization) runs. */
   private heldFrames: Buffer[] | null = null;
   private heldBytes = 0;
+  /** Number of `hold` calls not yet released. */
+  private holdCount = 0;
+  /** Subscriber sessions whose long queues keep this publisher's socket unread, or null. */
+  private waitingFor: Set<Session> | null = null;
+  private waitTimer: NodeJS.Timeout | null = null;
 
   constructor(broker: Broker, socket: ClientSocket, listener: ListenerSettings, certificate: CertificateIdentity | null = null) {
     this.id = nextConnectionId++;
@@ -123,23 +128,27 @@ export class Connection implements SessionSink, FrameHandler {
 
   /**
    * Holds back the packets that arrive from now on and stops reading the socket, until `release`.
-   * Used while CONNECT authentication or a plugin authorization runs, so packets keep their order.
+   * Used while CONNECT authentication or a plugin authorization runs, and while a publisher waits
+   * for subscribers' queues, so packets keep their order. Holds nest: each needs its release.
    */
   hold(): void {
+    this.holdCount++;
     if (this.heldFrames !== null) return;
     this.heldFrames = [];
     this.socket.pause();
   }
 
-  /** Handles the held packets in order, then reads the socket again. */
+  /** Ends one hold; after the last one, handles the held packets in order and reads the socket again. */
   release(): void {
+    if (this.holdCount === 0) return;
+    this.holdCount--;
     const frames = this.heldFrames;
-    if (frames === null) return;
+    if (this.holdCount > 0 || frames === null) return;
     this.heldFrames = null;
     this.heldBytes = 0;
     for (let i = 0; i < frames.length; i++) {
       if (this.state === 'closed') return;
-      if (this.heldFrames !== null) {
+      if (this.holdCount > 0) {
         // A held packet started another asynchronous step: the rest waits behind it.
         const rest = frames.slice(i);
         this.heldFrames = rest;
@@ -148,7 +157,69 @@ export class Connection implements SessionSink, FrameHandler {
       }
       this.onFrame(frames[i]);
     }
-    if (this.heldFrames === null && !this.congested && this.state !== 'closed') this.socket.resume();
+    this.resumeReading();
+  }
+
+  /**
+   * Stops reading this publisher until each of `sessions` has room in its queue again, so that a
+   * publisher faster than a subscriber is slowed down instead of having its messages dropped at
+   * the queue bound. A session that stops acknowledging for STALL_MS is no longer waited for.
+   */
+  waitForQueues(sessions: readonly Session[]): void {
+    if (this.state === 'closed') return;
+    for (const session of sessions) {
+      // A client subscribed to its own topics would otherwise wait for itself.
+      if (session === this.session) continue;
+      this.waitingFor ??= new Set();
+      if (this.waitingFor.has(session)) continue;
+      this.waitingFor.add(session);
+      session.addWaiter(this);
+    }
+    if (this.waitingFor === null || this.waitTimer !== null) return;
+    this.hold();
+    this.waitTimer = setTimeout(onWaitCheck, STALL_MS, this);
+  }
+
+  onQueueRoom(session: Session): void {
+    const waitingFor = this.waitingFor;
+    if (waitingFor === null) return;
+    waitingFor.delete(session);
+    if (waitingFor.size === 0) this.stopWaiting();
+  }
+
+  /** Drops the sessions that no longer need waiting for, such as a client that stopped acknowledging. */
+  checkWaits(): void {
+    const waitingFor = this.waitingFor;
+    if (waitingFor === null) return;
+    for (const session of waitingFor) {
+      if (session.congested) continue;
+      waitingFor.delete(session);
+      session.removeWaiter(this);
+    }
+    if (waitingFor.size === 0) {
+      this.stopWaiting();
+    } else {
+      this.waitTimer?.refresh();
+    }
+  }
+
+  /** Tells whether reading is paused until subscribers' queues shrink. */
+  get waitingForQueues(): boolean {
+    return this.waitingFor !== null;
+  }
+
+  private stopWaiting(): void {
+    for (const session of this.waitingFor ?? []) session.removeWaiter(this);
+    this.waitingFor = null;
+    if (this.waitTimer === null) return;
+    clearTimeout(this.waitTimer);
+    this.waitTimer = null;
+    this.release();
+  }
+
+  /** Reads the socket again unless a hold or unsent output still pauses it. */
+  private resumeReading(): void {
+    if (this.holdCount === 0 && !this.congested && this.state !== 'closed') this.socket.resume();
   }
 
   /** Label for logs: the client id once known, else the remote address. */
@@ -231,6 +302,11 @@ export class Connection implements SessionSink, FrameHandler {
   uncork(): void {
     this.corked = false;
     this.socket.uncork();
+  }
+
+  /** Restarts the keep alive period, as a packet from the client does. */
+  refreshKeepalive(): void {
+    this.keepaliveTimer?.refresh();
   }
 
   /** Marks the connection as accepted by CONNACK and starts the keep alive timer. */
@@ -426,7 +502,7 @@ export class Connection implements SessionSink, FrameHandler {
       this.drainTimer = null;
     }
     if (this.state === 'closed') return;
-    if (this.heldFrames === null) this.socket.resume();
+    this.resumeReading();
     this.session?.pump();
   }
 
@@ -440,6 +516,12 @@ export class Connection implements SessionSink, FrameHandler {
   }
 
   private clearTimers(): void {
+    if (this.waitingFor !== null) {
+      for (const session of this.waitingFor) session.removeWaiter(this);
+      this.waitingFor = null;
+    }
+    if (this.waitTimer !== null) clearTimeout(this.waitTimer);
+    this.waitTimer = null;
     if (this.keepaliveTimer !== null) clearTimeout(this.keepaliveTimer);
     if (this.connectTimer !== null) clearTimeout(this.connectTimer);
     if (this.drainTimer !== null) clearTimeout(this.drainTimer);
@@ -467,7 +549,16 @@ function onConnectTimeout(connection: Connection): void {
 }
 
 function onKeepaliveTimeout(connection: Connection): void {
+  // A publisher held back by waitForQueues is not silent: the broker is not reading it.
+  if (connection.waitingForQueues) {
+    connection.refreshKeepalive();
+    return;
+  }
   connection.close(KEEPALIVE_TIMEOUT);
+}
+
+function onWaitCheck(connection: Connection): void {
+  connection.checkWaits();
 }
 
 function onDrainTimeout(connection: Connection): void {

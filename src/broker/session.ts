@@ -47,7 +47,21 @@ export interface SessionLimits {
   maxQueuedMessages: number;
   maxQueuedBytes: number;
   queueQos0Messages: boolean;
+  /** Pause QoS 1 and 2 publishers while this session's queue is at its high-water mark. */
+  throttlePublishers: boolean;
 }
+
+/** A publisher that stopped reading until a session's queue has room again. */
+export interface QueueWaiter {
+  onQueueRoom(session: Session): void;
+}
+
+/**
+ * Time without an acknowledgement from its client after which a session with a long queue no
+ * longer pauses publishers: a client that has stopped reading gets its messages dropped at
+ * the queue bound, rather than slowing every publisher down.
+ */
+export const STALL_MS = 1000;
 
 export type DropReason = 'queue-full' | 'expired' | 'too-large' | 'qos0-not-queued';
 
@@ -98,6 +112,13 @@ export class Session {
   private queuedBytes = 0;
   private nextSeq = 1;
   private nextPacketId = 1;
+  /** Publishers waiting for this queue to shrink, or null when none is. */
+  private waiters: Set<QueueWaiter> | null = null;
+  /**
+   * Date.now() of the last acknowledgement from the client, or of the send that started its
+   * in-flight window when that came later: the time the client was last seen keeping up.
+   */
+  private progressAt = 0;
   private readonly limits: SessionLimits;
   private readonly events: SessionEvents;
 
@@ -160,10 +181,55 @@ export class Session {
     return this.queuedCount < this.limits.maxQueuedMessages;
   }
 
+  /**
+   * Tells whether publishers should wait for this session: its client is online and still
+   * acknowledging, and its queue is at its high-water mark (see `queueAbove`).
+   */
+  get congested(): boolean {
+    if (this.sink === null || !this.limits.throttlePublishers || !this.queueAbove(1)) return false;
+    return Date.now() - this.progressAt < STALL_MS;
+  }
+
+  /** Registers a publisher to be notified when the queue is down to its low-water mark. */
+  addWaiter(waiter: QueueWaiter): void {
+    this.waiters ??= new Set();
+    this.waiters.add(waiter);
+  }
+
+  removeWaiter(waiter: QueueWaiter): void {
+    this.waiters?.delete(waiter);
+  }
+
+  /**
+   * Tells whether the queue is at `share` of its high-water mark or above. The mark is half of
+   * `max_queued_messages`, at most MEMORY_QUEUE_WINDOW messages so that a stored session's queue
+   * stays in memory, or half of `max_queued_bytes`.
+   */
+  private queueAbove(share: number): boolean {
+    const { maxQueuedMessages, maxQueuedBytes } = this.limits;
+    const messages = Math.min(maxQueuedMessages / 2, MEMORY_QUEUE_WINDOW) * share;
+    if (maxQueuedMessages > 0 && this.queuedCount >= messages) return true;
+    return maxQueuedBytes > 0 && this.queuedBytes >= (maxQueuedBytes / 2) * share;
+  }
+
+  private releaseWaiters(): void {
+    const waiters = this.waiters;
+    if (waiters === null) return;
+    this.waiters = null;
+    for (const waiter of waiters) waiter.onQueueRoom(this);
+  }
+
   /** Sends queued messages while the client has room for them. */
   pump(): void {
     const sink = this.sink;
     if (sink === null) return;
+    this.sendQueued(sink);
+    // Waiting publishers resume at three quarters of the high-water mark rather than at the mark,
+    // so that they do not pause and resume on every message.
+    if (this.waiters !== null && !this.queueAbove(0.75)) this.releaseWaiters();
+  }
+
+  private sendQueued(sink: SessionSink): void {
     const now = Date.now();
     while (this.queuedCount > 0 && sink.canSend()) {
       if (this.memoryQueue.length === 0 && !this.refillMemoryQueue()) return;
@@ -212,6 +278,7 @@ export class Session {
   /** Detaches the client; a stored session also drops its messages from memory. */
   detach(): void {
     this.sink = null;
+    this.releaseWaiters();
     if (this.store === null) return;
     this.storedOnly += this.memoryQueue.length;
     this.memoryQueue = [];
@@ -283,9 +350,11 @@ export class Session {
     this.queuedBytes = 0;
     this.awaitingRelease.clear();
     this.store?.deleteSessionMessages(this.clientId);
+    this.releaseWaiters();
   }
 
   private finish(packetId: number): void {
+    this.progressAt = Date.now();
     this.inflight.delete(packetId);
     this.store?.deleteInflight(this.clientId, packetId);
     this.pump();
@@ -293,6 +362,7 @@ export class Session {
 
   private sendNew(sink: SessionSink, delivery: Delivery, seq: number): void {
     const packetId = this.allocatePacketId();
+    if (this.inflight.size === 0) this.progressAt = Date.now();
     if (sink.sendPublish(delivery, packetId, false)) {
       this.inflight.set(packetId, { delivery, seq, released: false });
       this.store?.saveInflight(this.clientId, packetId, seq, delivery);

@@ -204,6 +204,11 @@ const limitsSchema = object(
       description: 'Queue QoS 0 messages for persistent sessions whose client is offline.',
       default: false,
     }),
+    throttle_publishers: boolean({
+      description:
+        'Stop reading a client that publishes QoS 1 or 2 messages while an online subscriber of those messages has a long queue: half of `max_queued_messages` but at most 100 messages, or half of `max_queued_bytes`. Reading resumes when that queue is down to three quarters of the mark. A fast publisher then slows to the pace of its slowest subscriber instead of losing messages at the queue bound. A subscriber that acknowledges nothing for a second is not waited for. `false`: messages beyond the bound are dropped, as Mosquitto does.',
+      default: true,
+    }),
     max_topic_levels: integer({
       description: 'Maximum number of levels (parts between `/`) in a topic name or filter.',
       default: 64,

@@ -96,6 +96,7 @@ export function handlePublish(connection: Connection, packet: IPublishPacket): v
   };
   const matched = broker.route(message);
   if (packet.qos === 0) return;
+  if (broker.congestedTargets.length > 0) connection.waitForQueues(broker.congestedTargets);
   if (packet.qos === 2) session.addIncoming(packetId);
   let reasonCode: number = matched > 0 ? ReasonCode.Success : ReasonCode.NoMatchingSubscribers;
   // A bridge outbox that is full and set to reject new messages rejected this one.
