@@ -37,7 +37,7 @@ export interface ClientConnection {
   readonly username: string | undefined;
   readonly remoteIp: string;
   readonly certificate: CertificateIdentity | null;
-  readonly incomingAliases: ReadonlyMap<number, string>;
+  readonly incomingAliases: ReadonlyMap<number, string> | null;
 }
 
 /** The result of a login check. */
@@ -565,5 +565,5 @@ function withoutShare(rawFilter: string): string {
 function publishTopic(connection: ClientConnection, packet: IPublishPacket): string {
   if (packet.topic !== '') return packet.topic;
   const alias = packet.properties?.topicAlias;
-  return alias === undefined ? '' : connection.incomingAliases.get(alias) ?? '';
+  return alias === undefined ? '' : connection.incomingAliases?.get(alias) ?? '';
 }

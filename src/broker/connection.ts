@@ -57,10 +57,10 @@ export class Connection implements SessionSink, FrameHandler, QueueWaiter {
   requestProblemInformation = true;
   /** Session Expiry Interval the v5 client asked for in CONNECT, before the broker's cap. */
   requestedSessionExpiry = 0;
-  readonly incomingAliases = new Map<number, string>();
-  private readonly outgoingAliases = new Map<string, number>();
+  /** Topic aliases the client set, created with the first one (most clients use none). */
+  incomingAliases: Map<number, string> | null = null;
+  private outgoingAliases: Map<string, number> | null = null;
   private readonly reader: FrameReader;
-  private readonly parser: Parser;
   /** Bytes of the packet being handled, for checks that mqtt-packet's decoding cannot make. */
   currentFrame: Buffer = EMPTY;
   private packetParsed = false;
@@ -90,9 +90,6 @@ export class Connection implements SessionSink, FrameHandler, QueueWaiter {
     // A listener's own packet size limit applies when it is set and below the broker-wide one.
     const listenerLimit = listener.max_packet_size;
     this.reader = new FrameReader(listenerLimit > 0 ? Math.min(listenerLimit, broker.limits.maxPacketSize) : broker.limits.maxPacketSize);
-    this.parser = mqttPacket.parser({ protocolVersion: 4 });
-    this.parser.on('packet', (packet: Packet) => this.onPacket(packet));
-    this.parser.on('error', (error: Error) => this.onParseError(error));
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.onDrain());
@@ -234,6 +231,7 @@ export class Connection implements SessionSink, FrameHandler, QueueWaiter {
     let sendTopic = true;
     let newAlias = false;
     if (this.clientTopicAliasMaximum > 0) {
+      this.outgoingAliases ??= new Map();
       const known = this.outgoingAliases.get(topic);
       if (known !== undefined) {
         alias = known;
@@ -246,7 +244,7 @@ export class Connection implements SessionSink, FrameHandler, QueueWaiter {
     const packet = this.broker.encoder.encode(delivery, this.protocolVersion, packetId, dup, alias, sendTopic);
     // A message larger than the client's Maximum Packet Size is dropped as if sent [MQTT-3.1.2-25].
     if (this.clientMaximumPacketSize > 0 && packet.length > this.clientMaximumPacketSize) return false;
-    if (newAlias) this.outgoingAliases.set(topic, alias);
+    if (newAlias) this.outgoingAliases?.set(topic, alias);
     const stats = this.broker.stats;
     stats.publishSent++;
     stats.publishSentByQos[delivery.qos]++;
@@ -360,7 +358,6 @@ export class Connection implements SessionSink, FrameHandler, QueueWaiter {
     this.state = 'closed';
     this.clearTimers();
     this.broker.connectionClosed(this, reason, wasConnected);
-    this.parser.removeAllListeners('packet');
     if (!this.socket.destroyed) {
       this.socket.end();
       setTimeout(destroySocket, CLOSE_FLUSH_MS, this.socket).unref();
@@ -377,12 +374,53 @@ export class Connection implements SessionSink, FrameHandler, QueueWaiter {
     if (this.state === 'connecting' && !this.checkConnectFrame(frame)) return false;
     this.currentFrame = frame;
     this.packetParsed = false;
-    this.parser.parse(frame);
+    Connection.parse(this, frame);
     this.currentFrame = EMPTY;
     if (!this.packetParsed && !this.isClosed()) {
       this.close(malformedPacket('packet shorter than its fields'));
     }
     return !this.isClosed();
+  }
+
+  /**
+   * Parses one whole packet for `connection` with the shared parser of its protocol level. The
+   * FrameReader hands over complete packets only, so a parser holds no bytes between two calls,
+   * and connections need no parser of their own (mqtt-packet's is a stream of about 2 KB). A
+   * parse started while another runs, for example by a handler that releases held packets of
+   * another connection, gets a parser of its own, because mqtt-packet's parser is not reentrant.
+   */
+  private static parse(connection: Connection, frame: Buffer): void {
+    const outer = parsing;
+    const version = connection.protocolVersion;
+    let parser = outer === null ? sharedParsers.get(version) : undefined;
+    if (parser === undefined) {
+      parser = Connection.createParser(version);
+      if (outer === null) sharedParsers.set(version, parser);
+    }
+    const outerFailed = parseFailed;
+    parsing = connection;
+    parseFailed = false;
+    try {
+      parser.parse(frame);
+    } finally {
+      const failed = parseFailed;
+      parsing = outer;
+      parseFailed = outerFailed;
+      // A packet shorter than its fields leaves bytes in the parser, and an error leaves its
+      // state: such a parser is not used again.
+      if (outer === null && (failed || !connection.packetParsed)) sharedParsers.delete(version);
+    }
+  }
+
+  /** Creates a parser that hands what it parses to the connection in `parsing`. */
+  private static createParser(protocolVersion: number): Parser {
+    const parser = mqttPacket.parser({ protocolVersion });
+    parser.on('packet', (packet: Packet) => parsing?.onPacket(packet));
+    parser.on('error', (error: Error) => {
+      parseFailed = true;
+      parsing?.onParseError(error);
+    });
+    return parser;
   }
 
   private onData(chunk: Buffer): void {
@@ -547,6 +585,13 @@ function onConnectTimeout(connection: Connection): void {
     publishWill: false,
   });
 }
+
+/** The connection whose packet is being parsed, or null between packets. */
+let parsing: Connection | null = null;
+/** Set by a parser's error event during `Connection.parse`. */
+let parseFailed = false;
+/** The parsers shared by all connections, by MQTT protocol level (3, 4 or 5). */
+const sharedParsers = new Map<number, Parser>();
 
 function onKeepaliveTimeout(connection: Connection): void {
   // A publisher held back by waitForQueues is not silent: the broker is not reading it.

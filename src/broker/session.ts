@@ -101,7 +101,7 @@ export class Session {
   ownerListener = '';
 
   /** Incoming QoS 2 packet ids whose PUBREC was sent and whose PUBREL has not arrived. */
-  private readonly awaitingRelease = new Set<number>();
+  private awaitingRelease: Set<number> | null = null;
   private readonly inflight = new Map<number, InflightEntry>();
   /** True while `inflight` contains every in-flight message; false after a stored session went offline. */
   private inflightLoaded = true;
@@ -143,7 +143,7 @@ export class Session {
     this.storedOnly = this.queuedCount;
     this.nextSeq = Math.max(totals?.maxSeq ?? 0, maxInflightSeq) + 1;
     this.inflightLoaded = false;
-    for (const packetId of incoming) this.awaitingRelease.add(packetId);
+    if (incoming.length > 0) this.awaitingRelease = new Set(incoming);
   }
 
   /** Sends a message now when the client can take it, or queues it within the session's limits. */
@@ -321,22 +321,23 @@ export class Session {
   }
 
   hasIncoming(packetId: number): boolean {
-    return this.awaitingRelease.has(packetId);
+    return this.awaitingRelease?.has(packetId) ?? false;
   }
 
   get incomingCount(): number {
-    return this.awaitingRelease.size;
+    return this.awaitingRelease?.size ?? 0;
   }
 
   /** Records an incoming QoS 2 packet id whose PUBREC is being sent. */
   addIncoming(packetId: number): void {
+    this.awaitingRelease ??= new Set();
     this.awaitingRelease.add(packetId);
     this.store?.saveIncoming(this.clientId, packetId);
   }
 
   /** Handles PUBREL; returns false when the packet id was not awaiting release. */
   releaseIncoming(packetId: number): boolean {
-    if (!this.awaitingRelease.delete(packetId)) return false;
+    if (this.awaitingRelease?.delete(packetId) !== true) return false;
     this.store?.deleteIncoming(this.clientId, packetId);
     return true;
   }
@@ -348,7 +349,7 @@ export class Session {
     this.storedOnly = 0;
     this.queuedCount = 0;
     this.queuedBytes = 0;
-    this.awaitingRelease.clear();
+    this.awaitingRelease = null;
     this.store?.deleteSessionMessages(this.clientId);
     this.releaseWaiters();
   }

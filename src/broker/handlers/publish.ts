@@ -174,10 +174,11 @@ function resolveTopic(connection: Connection, topic: string, alias: number | und
     return null;
   }
   if (topic.length > 0) {
+    connection.incomingAliases ??= new Map();
     connection.incomingAliases.set(alias, topic);
     return topic;
   }
-  const known = connection.incomingAliases.get(alias);
+  const known = connection.incomingAliases?.get(alias);
   if (known === undefined) {
     connection.close(protocolError(`topic alias ${alias} used before it was set`));
     return null;
