@@ -5,10 +5,19 @@
  * itself when the device comes back.
  */
 
-import { SerialPort } from 'serialport';
+import { createRequire } from 'node:module';
+
+import type { SerialPort } from 'serialport';
 
 import type { Logger } from '../service/logger.js';
 import { Backoff } from './backoff.js';
+
+const require = createRequire(import.meta.url);
+
+/** Loads serialport when the first port opens, so that a gateway without serial devices does not spend its memory. */
+function loadSerialPort(): typeof SerialPort {
+  return (require('serialport') as typeof import('serialport')).SerialPort;
+}
 
 export interface SerialSettings {
   path: string;
@@ -88,7 +97,8 @@ export class ReopeningSerialPort {
   private attemptOpen(): void {
     this.reopenTimer = null;
     if (this.stopped) return;
-    const port = new SerialPort({
+    const SerialPortClass = loadSerialPort();
+    const port = new SerialPortClass({
       path: this.settings.path,
       baudRate: this.settings.baud_rate,
       parity: this.settings.parity,
