@@ -1,6 +1,7 @@
 import mqttPacket from 'mqtt-packet';
 import type { Packet, Parser } from 'mqtt-packet';
 import { FrameReader, type FrameHandler } from '../mqtt/framer.js';
+import { decodeCommonPacket, encodeSimpleAcknowledgement } from '../mqtt/fast-path.js';
 import { hasMalformedUtf8 } from '../mqtt/utf8.js';
 import { ConnackReturnCode, ReasonCode, connackCodeForVersion } from '../mqtt/reason-codes.js';
 import { KEEPALIVE_TIMEOUT, malformedPacket, type CloseReason } from './close-reason.js';
@@ -260,7 +261,7 @@ export class Connection implements SessionSink, FrameHandler, QueueWaiter {
   /** Encodes and writes one packet for this client's protocol version. */
   send(packet: Packet): void {
     if (this.state === 'closed') return;
-    this.write(mqttPacket.generate(packet, { protocolVersion: this.protocolVersion }));
+    this.write(encodeSimpleAcknowledgement(packet) ?? mqttPacket.generate(packet, { protocolVersion: this.protocolVersion }));
   }
 
   /**
@@ -374,7 +375,12 @@ export class Connection implements SessionSink, FrameHandler, QueueWaiter {
     if (this.state === 'connecting' && !this.checkConnectFrame(frame)) return false;
     this.currentFrame = frame;
     this.packetParsed = false;
-    Connection.parse(this, frame);
+    const common = this.state === 'connected' ? decodeCommonPacket(frame, this.protocolVersion) : null;
+    if (common === null) {
+      Connection.parse(this, frame);
+    } else {
+      this.onPacket(common);
+    }
     this.currentFrame = EMPTY;
     if (!this.packetParsed && !this.isClosed()) {
       this.close(malformedPacket('packet shorter than its fields'));
