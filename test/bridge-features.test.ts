@@ -190,6 +190,22 @@ ${FAST_RECONNECT}`);
     expect(outpost.bridge.metrics().received).toBe(2);
   });
 
+  it('refuses a client with the bridge id', async () => {
+    const cloud = await remote();
+    const outpost = await bridged(`name: cloud
+addresses: ["${cloud.address}"]
+topics:
+  - pattern: "id/#"
+${FAST_RECONNECT}`);
+    await waitFor(() => outpost.bridge.metrics().connected, 3000, 'the bridge to connect');
+    await expect(connectMqttJs(outpost.test.url, { protocolVersion: 5, clientId: '$bridge/cloud' })).rejects.toThrow(/Client Identifier not valid|0x85|133/i);
+
+    // The bridge kept its session and still forwards.
+    const publisher = await client(outpost.test.url);
+    await publisher.publishAsync('id/after', 'still bridged', { qos: 1 });
+    await waitFor(() => outpost.bridge.metrics().acknowledged === 1, 3000, 'the message to be forwarded');
+  });
+
   it('RETAIN crosses the link outward', async () => {
     const cloud = await remote();
     const outpost = await bridged(`name: cloud

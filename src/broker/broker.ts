@@ -172,6 +172,12 @@ export class Broker {
     return client;
   }
 
+  /** Tells whether an in-process client (the field adapter or a bridge) holds `clientId`. */
+  isInProcessClientId(clientId: string): boolean {
+    const sink = this.sessions.get(clientId)?.sink;
+    return sink !== undefined && sink !== null && !(sink instanceof Connection);
+  }
+
   /** False while the store refuses writes (disk or database size bound full). */
   get storeWritable(): boolean {
     return this.store === null || this.store.writable;
@@ -344,7 +350,8 @@ export class Broker {
       session.sink.close(SESSION_TAKEN_OVER);
       session = this.sessions.get(clientId);
     } else if (session !== undefined && session.sink !== null) {
-      // An in-process client uses this id, so the network client replaces it.
+      // The CONNECT handler refuses ids of in-process clients; one created while the client's
+      // authentication ran is replaced.
       this.endSession(session);
       session = undefined;
     }

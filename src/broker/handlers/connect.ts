@@ -160,6 +160,11 @@ function chooseClientId(connection: Connection, packet: IConnectPacket, version:
       connection.refuseConnect(ReasonCode.ClientIdentifierNotValid, `MQTT 3.1 client id longer than ${MQTT31_MAX_CLIENT_ID} characters`);
       return null;
     }
+    if (connection.broker.isInProcessClientId(clientId)) {
+      // Taking over the session would stop the field adapter or a bridge until the next restart.
+      connection.refuseConnect(ReasonCode.ClientIdentifierNotValid, `client id ${JSON.stringify(clientId)} is used by the field adapter or a bridge; choose another`);
+      return null;
+    }
     return clientId;
   }
   if (version === 3 || (version === 4 && packet.clean === false)) {
