@@ -186,7 +186,22 @@ describe('/status', () => {
 
   it('includes registered bridge and device sources', async () => {
     const { baseUrl } = await startGateway();
-    ops?.setBridgeSource(() => [{ name: 'cloud', connected: false, backlogMessages: 12, backlogBytes: 3400, droppedMessages: 1, lastError: 'ECONNREFUSED' }]);
+    ops?.setBridgeSource(() => [
+      {
+        name: 'cloud',
+        connected: false,
+        backlogMessages: 12,
+        backlogBytes: 3400,
+        droppedMessages: 1,
+        oldestAgeSeconds: 30,
+        sentMessages: 500,
+        acknowledgedMessages: 488,
+        rejectedMessages: 2,
+        receivedMessages: 7,
+        reconnects: 3,
+        lastError: 'ECONNREFUSED',
+      },
+    ]);
     ops?.setDeviceSource(() => [{ name: 'pump-1', online: false, pollErrors: 4, lastError: 'timeout' }]);
     const status = (await (await fetch(`${baseUrl}/status`)).json()) as GatewayStatus;
     expect(status.bridges[0]?.backlogMessages).toBe(12);
@@ -194,6 +209,12 @@ describe('/status', () => {
     const { body } = await getText(`${baseUrl}/metrics`);
     expect(sample(body, 'outpost_bridge_backlog_messages{bridge="cloud"}')).toBe(12);
     expect(sample(body, 'outpost_bridge_connected{bridge="cloud"}')).toBe(0);
+    expect(sample(body, 'outpost_bridge_oldest_message_age_seconds{bridge="cloud"}')).toBe(30);
+    expect(sample(body, 'outpost_bridge_sent_total{bridge="cloud"}')).toBe(500);
+    expect(sample(body, 'outpost_bridge_acknowledged_total{bridge="cloud"}')).toBe(488);
+    expect(sample(body, 'outpost_bridge_rejected_total{bridge="cloud"}')).toBe(2);
+    expect(sample(body, 'outpost_bridge_received_total{bridge="cloud"}')).toBe(7);
+    expect(sample(body, 'outpost_bridge_reconnects_total{bridge="cloud"}')).toBe(3);
     expect(sample(body, 'outpost_device_online{device="pump-1"}')).toBe(0);
     expect(sample(body, 'outpost_device_poll_errors_total{device="pump-1"}')).toBe(4);
 

@@ -220,12 +220,19 @@ export class Bridge {
   }
 
   status(): BridgeStatus {
+    const metrics = this.metrics();
     return {
       name: this.name,
       connected: this.ready,
-      backlogMessages: this.outbox.messages,
-      backlogBytes: this.outbox.bytes,
+      backlogMessages: metrics.backlogMessages,
+      backlogBytes: metrics.backlogBytes,
       droppedMessages: this.outbox.dropped,
+      oldestAgeSeconds: metrics.oldestAgeSeconds,
+      sentMessages: metrics.sent,
+      acknowledgedMessages: metrics.acknowledged,
+      rejectedMessages: metrics.rejected,
+      receivedMessages: metrics.received,
+      reconnects: metrics.reconnects,
       lastError: this.lastError,
     };
   }

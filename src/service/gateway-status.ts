@@ -19,6 +19,18 @@ export interface BridgeStatus {
   backlogBytes: number;
   /** Messages dropped because an outbox bound was reached, since start. */
   droppedMessages: number;
+  /** Age of the oldest message in the outbox in seconds, 0 when it is empty. */
+  oldestAgeSeconds: number;
+  /** PUBLISH packets written to the remote broker since start, resends included. */
+  sentMessages: number;
+  /** Messages the remote broker acknowledged since start. */
+  acknowledgedMessages: number;
+  /** Messages the remote broker rejected with a reason code of 0x80 or above, since start. */
+  rejectedMessages: number;
+  /** Messages received from the remote broker and routed locally, since start. */
+  receivedMessages: number;
+  /** Connections established after the first one. */
+  reconnects: number;
   /** Message of the last connection or delivery error, or null. */
   lastError: string | null;
 }

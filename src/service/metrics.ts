@@ -4,7 +4,7 @@
  * are in bytes and seconds, as Prometheus's naming guide asks.
  */
 
-import type { GatewayStatus, PerQos } from './gateway-status.js';
+import type { BridgeStatus, GatewayStatus, PerQos } from './gateway-status.js';
 
 export const METRICS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 
@@ -122,6 +122,13 @@ function writeBridgeMetrics(writer: MetricsWriter, status: GatewayStatus): void 
     'Messages dropped from the bridge outbox because a bound was reached.',
     bridges.map((bridge) => [{ bridge: bridge.name }, bridge.droppedMessages]),
   );
+  const perBridge = (read: (bridge: BridgeStatus) => number): Array<[Labels, number]> => bridges.map((bridge) => [{ bridge: bridge.name }, read(bridge)]);
+  writer.family('outpost_bridge_oldest_message_age_seconds', 'gauge', 'Age of the oldest message in the bridge outbox, 0 when it is empty.', perBridge((bridge) => bridge.oldestAgeSeconds));
+  writer.family('outpost_bridge_sent_total', 'counter', 'PUBLISH packets the bridge wrote to its remote broker, resends included.', perBridge((bridge) => bridge.sentMessages));
+  writer.family('outpost_bridge_acknowledged_total', 'counter', 'Messages the remote broker acknowledged.', perBridge((bridge) => bridge.acknowledgedMessages));
+  writer.family('outpost_bridge_rejected_total', 'counter', 'Messages the remote broker rejected with a reason code of 0x80 or above.', perBridge((bridge) => bridge.rejectedMessages));
+  writer.family('outpost_bridge_received_total', 'counter', 'Messages received from the remote broker and routed locally.', perBridge((bridge) => bridge.receivedMessages));
+  writer.family('outpost_bridge_reconnects_total', 'counter', 'Connections to the remote broker after the first one.', perBridge((bridge) => bridge.reconnects));
 }
 
 // Empty, and so left out, when no field device is configured.
