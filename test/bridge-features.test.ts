@@ -1,3 +1,8 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import mqttPacket, { type Packet } from 'mqtt-packet';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { IClientOptions, MqttClient } from 'mqtt';
 import { connectMqttJs, endMqttJs } from './helpers/broker.js';
@@ -244,6 +249,44 @@ ${FAST_RECONNECT}`);
     await waitFor(() => received.length >= 50, 3000, '50 inbound messages');
     await delay(100);
     expect(received).toEqual(payloads);
+  });
+
+  it('inbound QoS 2 id survives a restart', async () => {
+    // A hand-driven remote broker, so the test decides when PUBREL comes: only after a restart.
+    const remote = await ScriptedRemote.start();
+    cleanups.push(() => remote.close());
+    const dataDir = await mkdtemp(path.join(os.tmpdir(), 'outpost-bridge-qos2-'));
+    cleanups.push(() => rm(dataDir, { recursive: true, force: true }));
+    const itemYaml = `name: cloud
+addresses: ["127.0.0.1:${remote.port}"]
+topics:
+  - pattern: "q/#"
+    direction: in
+    qos: 2
+${FAST_RECONNECT}`;
+
+    const first = await startBridgedBroker(itemYaml, { data_dir: dataDir });
+    const firstReceived = await collect(await client(first.test.url), 'q/#');
+    await remote.waitFor('subscribe');
+    remote.publish(7, 'q/1', 'once', false);
+    await remote.waitFor('pubrec');
+    await waitFor(() => firstReceived.length === 1, 2000, 'the message at the first run');
+    // The gateway stops before PUBREL arrives.
+    await first.stop();
+
+    const second = await startBridgedBroker(itemYaml, { data_dir: dataDir });
+    cleanups.push(() => second.stop());
+    const secondReceived = await collect(await client(second.test.url), 'q/#');
+    await remote.waitFor('subscribe');
+    // The remote resends the PUBLISH it has no PUBREC for in this session, then goes on.
+    remote.publish(7, 'q/1', 'once', true);
+    await remote.waitFor('pubrec');
+    remote.send({ cmd: 'pubrel', messageId: 7 });
+    await remote.waitFor('pubcomp');
+    remote.publish(8, 'q/1', 'next', false);
+    await waitFor(() => secondReceived.length >= 1, 2000, 'the next message');
+    await delay(100);
+    expect(secondReceived).toEqual(['next']);
   });
 
   it('message id user property', async () => {
@@ -500,3 +543,60 @@ ${FAST_RECONNECT}`);
     expect(outpost.bridge.metrics().dropped).toBe(5);
   });
 });
+
+/**
+ * A remote broker whose packets the test sends itself: it accepts any CONNECT with Session
+ * Present set, grants every subscription QoS 2, answers PINGREQ, and records the packet types it
+ * receives. One connection at a time (the newest).
+ */
+class ScriptedRemote {
+  private socket: net.Socket | null = null;
+  private readonly received: string[] = [];
+
+  private constructor(private readonly server: net.Server) {
+    server.on('connection', (socket) => this.accept(socket));
+  }
+
+  static async start(): Promise<ScriptedRemote> {
+    const server = net.createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return new ScriptedRemote(server);
+  }
+
+  get port(): number {
+    return (this.server.address() as net.AddressInfo).port;
+  }
+
+  private accept(socket: net.Socket): void {
+    this.socket?.destroy();
+    this.socket = socket;
+    socket.on('error', () => undefined);
+    const parser = mqttPacket.parser({ protocolVersion: 5 });
+    parser.on('packet', (packet: Packet) => {
+      this.received.push(packet.cmd);
+      if (packet.cmd === 'connect') this.send({ cmd: 'connack', sessionPresent: true, reasonCode: 0 });
+      if (packet.cmd === 'subscribe') this.send({ cmd: 'suback', messageId: packet.messageId, granted: packet.subscriptions.map(() => 2) });
+      if (packet.cmd === 'pingreq') this.send({ cmd: 'pingresp' });
+    });
+    socket.on('data', (chunk: Buffer) => parser.parse(chunk));
+  }
+
+  send(packet: Packet): void {
+    this.socket?.write(mqttPacket.generate(packet, { protocolVersion: 5 }));
+  }
+
+  publish(messageId: number, topic: string, payload: string, dup: boolean): void {
+    this.send({ cmd: 'publish', messageId, topic, payload: Buffer.from(payload), qos: 2, dup, retain: false });
+  }
+
+  /** Resolves when a packet of type `cmd` arrives, counting only those not waited for before. */
+  async waitFor(cmd: string): Promise<void> {
+    await waitFor(() => this.received.includes(cmd), 5000, `${cmd} at the scripted remote`);
+    this.received.splice(this.received.indexOf(cmd), 1);
+  }
+
+  async close(): Promise<void> {
+    this.socket?.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}

@@ -63,6 +63,8 @@ export interface BridgeMetrics {
  */
 export class Bridge {
   readonly name: string;
+  /** The client id of the bridge's in-process session, `$bridge/<name>`. */
+  readonly localClientId: string;
   private readonly config: BridgeConfig;
   private readonly broker: Broker;
   private readonly logger: Logger;
@@ -92,7 +94,12 @@ export class Bridge {
   private addressIndex = 0;
   private connectedAt = 0;
   private everConnected = false;
+  /**
+   * Ids of inbound QoS 2 messages that were routed and got PUBREC but no PUBREL yet. They are
+   * also stored under the bridge's local client id, so a resend after a restart is not routed twice.
+   */
   private readonly incomingQos2 = new Set<number>();
+  private incomingLoaded = false;
   private pendingSubscribeId = 0;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private rateTimer: NodeJS.Timeout | null = null;
@@ -115,6 +122,7 @@ export class Bridge {
 
   constructor(config: BridgeConfig, broker: Broker, logger: Logger, storeSource: () => Store | null) {
     this.name = config.name;
+    this.localClientId = `$bridge/${config.name}`;
     this.config = config;
     this.broker = broker;
     this.logger = logger.child({ bridge: config.name });
@@ -142,7 +150,7 @@ export class Bridge {
     if (this.client !== null) return;
     // The synchronous handler puts each message into the store batch while it is routed, so the
     // outbox row commits in the transaction that releases the publisher's PUBACK or PUBREC.
-    const client = this.broker.createClient(`$bridge/${this.name}`, (message) => this.onLocalMessage(message), { synchronous: true });
+    const client = this.broker.createClient(this.localClientId, (message) => this.onLocalMessage(message), { synchronous: true });
     this.client = client;
     for (const rule of this.rules) {
       // No Local keeps messages that came in over this bridge from going back out, and Retain As
@@ -325,7 +333,11 @@ export class Bridge {
     this.connectedAt = Date.now();
     this.sessionPresent = packet.sessionPresent;
     // Inbound QoS 2 ids belong to the remote session; a new session may use them for new messages.
-    if (!packet.sessionPresent) this.incomingQos2.clear();
+    if (!packet.sessionPresent) {
+      this.loadIncomingIds();
+      for (const packetId of this.incomingQos2) this.storeSource()?.deleteIncoming(this.localClientId, packetId);
+      this.incomingQos2.clear();
+    }
     const properties = packet.properties;
     this.window = Math.min(this.config.drain.max_inflight, properties?.receiveMaximum ?? PACKET_ID_SPACE);
     this.remoteMaxQos = (properties?.maximumQoS ?? 2) as QoS;
@@ -481,7 +493,8 @@ export class Bridge {
         this.onRemotePublish(link, packet);
         return;
       case 'pubrel':
-        this.incomingQos2.delete(packet.messageId ?? 0);
+        this.loadIncomingIds();
+        if (this.incomingQos2.delete(packet.messageId ?? 0)) this.storeSource()?.deleteIncoming(this.localClientId, packet.messageId ?? 0);
         link.send({ cmd: 'pubcomp', messageId: packet.messageId });
         return;
       case 'disconnect': {
@@ -546,6 +559,7 @@ export class Bridge {
   /** Routes a message from the remote broker locally and acknowledges it once it is stored. */
   private onRemotePublish(link: RemoteConnection, packet: IPublishPacket): void {
     const packetId = packet.messageId ?? 0;
+    this.loadIncomingIds();
     if (packet.qos === 2 && this.incomingQos2.has(packetId)) {
       link.send({ cmd: 'pubrec', messageId: packetId });
       return;
@@ -571,11 +585,26 @@ export class Bridge {
       });
     }
     if (packet.qos === 0) return;
-    if (packet.qos === 2) this.incomingQos2.add(packetId);
+    if (packet.qos === 2) {
+      this.incomingQos2.add(packetId);
+      // Committed in the batch whose commit releases the PUBREC below.
+      this.storeSource()?.saveIncoming(this.localClientId, packetId);
+    }
     // Like a network publisher, the remote gets PUBACK or PUBREC once the message is stored.
     this.broker.whenDurable(() => {
       if (link.isConnected) link.send({ cmd: packet.qos === 1 ? 'puback' : 'pubrec', messageId: packetId });
     });
+  }
+
+  /** Reads the inbound QoS 2 ids an earlier run stored, once, when the store is open. */
+  private loadIncomingIds(): void {
+    if (this.incomingLoaded) return;
+    const store = this.storeSource();
+    if (store === null) return;
+    this.incomingLoaded = true;
+    for (const row of store.loadIncoming()) {
+      if (row.clientId === this.localClientId) this.incomingQos2.add(row.packetId);
+    }
   }
 
   // Remote side: the drain.
