@@ -76,6 +76,9 @@ export class Broker {
    * for (see `Connection.waitForQueues`). Cleared at the start of every `route`.
    */
   readonly congestedTargets: Session[] = [];
+  /** Reusable collectors for `route`, one per nesting level (an in-process subscriber may publish). */
+  private readonly collectors: DeliveryCollector[] = [];
+  private routeDepth = 0;
   private readonly sessions = new Map<string, Session>();
   private readonly connections = new Set<Connection>();
   private readonly connectionsPerListener = new Map<ListenerSettings, number>();
@@ -221,7 +224,20 @@ export class Broker {
         retained_bytes: this.retained.bytes,
       });
     }
-    const collector = new DeliveryCollector(message);
+    // One collector per nesting level of route, reused, so routing allocates no Map per message.
+    const collector = (this.collectors[this.routeDepth] ??= new DeliveryCollector());
+    collector.reset(message);
+    this.routeDepth++;
+    try {
+      return this.deliverCollected(message, collector);
+    } finally {
+      this.routeDepth--;
+      collector.reset(null);
+    }
+  }
+
+  /** Delivers a message to the sessions `collector` gathered; returns how many got it. */
+  private deliverCollected(message: Message, collector: DeliveryCollector): number {
     this.tree.match(message.topic, collector);
     let count = 0;
     const readChecks = this.access.readChecks;
@@ -693,32 +709,39 @@ export class Broker {
   }
 }
 
+/** Shared by every delivery without subscription identifiers; never modified. */
+const NO_SUBSCRIPTION_IDS: readonly number[] = Object.freeze([]);
+
 /** Gathers the sessions a message goes to, one entry per client however many filters match. */
 class DeliveryCollector implements MatchVisitor {
-  readonly targets = new Map<string, { qos: QoS; retain: boolean; subscriptionIds: number[] }>();
+  readonly targets = new Map<string, { qos: QoS; retain: boolean; subscriptionIds: readonly number[] }>();
   readonly groups: SharedGroup[] = [];
-  private readonly message: Message;
+  private message: Message | null = null;
 
-  constructor(message: Message) {
+  /** Prepares for the next message, or drops the references to the last one (null). */
+  reset(message: Message | null): void {
     this.message = message;
+    this.targets.clear();
+    this.groups.length = 0;
   }
 
   subscription(subscription: Subscription): void {
     const message = this.message;
+    if (message === null) return;
     // No Local: not sent back to the client that published it [MQTT-3.8.3-3].
     if (subscription.noLocal && subscription.clientId === message.origin) return;
     const qos = Math.min(message.qos, subscription.qos) as QoS;
     const retain = subscription.retainAsPublished && message.retain;
+    const id = subscription.subscriptionId;
     const existing = this.targets.get(subscription.clientId);
     if (existing === undefined) {
-      const subscriptionIds = subscription.subscriptionId === 0 ? [] : [subscription.subscriptionId];
-      this.targets.set(subscription.clientId, { qos, retain, subscriptionIds });
+      this.targets.set(subscription.clientId, { qos, retain, subscriptionIds: id === 0 ? NO_SUBSCRIPTION_IDS : [id] });
       return;
     }
     // Overlapping subscriptions: one copy at the highest QoS [MQTT-3.3.4-2], with every identifier.
     if (qos > existing.qos) existing.qos = qos;
     if (retain) existing.retain = true;
-    if (subscription.subscriptionId !== 0) existing.subscriptionIds.push(subscription.subscriptionId);
+    if (id !== 0) existing.subscriptionIds = [...existing.subscriptionIds, id];
   }
 
   sharedGroup(group: SharedGroup): void {
