@@ -50,24 +50,9 @@ unshare_pid=""
 # Seconds to wait for the service to become active; qemu needs more than native code.
 boot_timeout=60
 
-log() {
-  printf 'test-deb: %s\n' "$*" >&2
-}
-
-die() {
-  printf 'test-deb: %s\n' "$*" >&2
-  exit 1
-}
-
-record() {
-  if (($1 == 0)); then
-    passed=$((passed + 1))
-    echo "ok - $2"
-  else
-    failed=$((failed + 1))
-    echo "not ok - $2"
-  fi
-}
+readonly check_name=test-deb
+# shellcheck source=scripts/lib/checks.sh
+source "$repo_root/scripts/lib/checks.sh"
 
 parse_arguments() {
   while (($# > 0)); do
