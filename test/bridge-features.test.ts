@@ -546,7 +546,7 @@ ${FAST_RECONNECT}`);
 
 /**
  * A remote broker whose packets the test sends itself: it accepts any CONNECT with Session
- * Present set, grants every subscription QoS 2, answers PINGREQ, and records the packet types it
+ * Present set, grants every subscription QoS 2, sends PINGRESP for PINGREQ, and records the packet types it
  * receives. One connection at a time (the newest).
  */
 class ScriptedRemote {

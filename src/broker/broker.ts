@@ -175,7 +175,7 @@ export class Broker {
     return client;
   }
 
-  /** Tells whether an in-process client (the field adapter or a bridge) holds `clientId`. */
+  /** Tells whether an in-process client (the field adapter or a bridge) uses `clientId`. */
   isInProcessClientId(clientId: string): boolean {
     const sink = this.sessions.get(clientId)?.sink;
     return sink !== undefined && sink !== null && !(sink instanceof Connection);

@@ -390,7 +390,7 @@ export class Connection implements SessionSink, FrameHandler, QueueWaiter {
 
   /**
    * Parses one whole packet for `connection` with the shared parser of its protocol level. The
-   * FrameReader hands over complete packets only, so a parser holds no bytes between two calls,
+   * FrameReader hands over complete packets only, so a parser keeps no bytes between two calls,
    * and connections need no parser of their own (mqtt-packet's is a stream of about 2 KB). A
    * parse started while another runs, for example by a handler that releases held packets of
    * another connection, gets a parser of its own, because mqtt-packet's parser is not reentrant.

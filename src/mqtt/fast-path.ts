@@ -60,6 +60,7 @@ function decodePublish(frame: Buffer): IPublishPacket | null {
   while ((frame[offset] ?? 0) & 0x80) offset++;
   offset++;
   const remainingLength = frame.length - offset;
+
   if (offset + 2 > frame.length) return null;
   const topicLength = frame.readUInt16BE(offset);
   offset += 2;
@@ -67,12 +68,14 @@ function decodePublish(frame: Buffer): IPublishPacket | null {
   if (topicEnd > frame.length) return null;
   const topic = frame.toString('utf8', offset, topicEnd);
   offset = topicEnd;
+
   let messageId: number | undefined;
   if (qos > 0) {
     if (offset + 2 > frame.length) return null;
     messageId = frame.readUInt16BE(offset);
     offset += 2;
   }
+
   const packet = {
     cmd: 'publish',
     retain: (first & 0x01) !== 0,

@@ -4,9 +4,9 @@
  * child process) polls them with persistence on and bridges to Debian's mosquitto as the cloud
  * broker, where a persistent MQTT 5 subscriber records what arrives.
  *
- * The run: normal flow; the cloud broker stops; Outpost is killed with SIGKILL during the outage
- * and started again; the Modbus adapter is unplugged and plugged in again; the cloud broker comes
- * back and the backlog drains. The report compares every reading the device served and every
+ * The run has five phases. Readings flow normally, then the cloud broker stops. Outpost is killed
+ * with SIGKILL during the outage and started again. The Modbus adapter is unplugged and plugged
+ * in again. Last, the cloud broker comes back and the backlog drains. The report compares every reading the device served and every
  * line the sensor sent with what reached the cloud. `npm run demo` and
  * test/field-scenario.test.ts both run it.
  */
