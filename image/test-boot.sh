@@ -27,8 +27,8 @@
 #
 # usage: image/test-boot.sh [--image FILE] [--timeout SECONDS] [--keep]
 #   --image FILE       the .img.xz to test (default: build/image/outpost-VERSION-arm64.img.xz)
-#   --timeout SECONDS  limit on the waits for the guest, both boots together (default 1200);
-#                      every other step has its own limit of at most 300 s
+#   --timeout SECONDS  limit on the waits for the guest, both boots together (default 1200).
+#                      Every other step has its own limit of at most 300 s.
 #   --keep             keep the work folder (disk copy, console log, report) in build/image
 #
 # Needs: qemu-system-aarch64 (Debian package qemu-system-arm), mtools, fdisk, xz-utils,

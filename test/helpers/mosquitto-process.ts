@@ -1,12 +1,15 @@
 // Runs Debian's mosquitto as the "cloud" broker of bridge tests and of the field scenario: one
-// process per instance, on 127.0.0.1 with a free port, stopped by its PID. It imports nothing
-// from src/, so `npm run demo` can run it compiled outside the test runner.
+// process per instance, on 127.0.0.1 with a free port, stopped by its PID. Also a counting
+// subscriber for the cloud side. It imports nothing from src/, so `npm run demo` can run it
+// compiled outside the test runner.
 
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 
 import { delay, withTimeout } from './wait.js';
 
@@ -137,4 +140,88 @@ export function canConnect(port: number): Promise<boolean> {
     });
     socket.once('error', () => resolve(false));
   });
+}
+
+/** What a counting subscriber saw, compared with what was published. */
+export interface DeliveryReport {
+  received: number;
+  /** Expected payloads that never arrived. */
+  missing: string[];
+  /** Copies beyond the first of a payload. */
+  duplicates: number;
+  /** Expected payloads whose first copy arrived after that of a later one. */
+  outOfOrder: number;
+}
+
+/**
+ * A subscriber on the remote broker with a persistent session (clean session off, QoS 1), so it
+ * also collects what arrives while it is reconnecting after a restart of a persistent remote.
+ */
+export class RemoteCounter {
+  readonly payloads: string[] = [];
+  readonly topics: string[] = [];
+  /** The `outpost-message-id` user property of each message (MQTT 5 only), '' when absent. */
+  readonly messageIds: string[] = [];
+  readonly client: MqttClient;
+
+  private constructor(client: MqttClient) {
+    this.client = client;
+    client.on('message', (topic, payload, packet) => {
+      this.topics.push(topic);
+      this.payloads.push(payload.toString());
+      const id = packet.properties?.userProperties?.['outpost-message-id'];
+      this.messageIds.push(typeof id === 'string' ? id : '');
+    });
+  }
+
+  static async connect(url: string, filter: string, options: IClientOptions = {}): Promise<RemoteCounter> {
+    const client = mqtt.connect(url, {
+      clientId: `counter-${Math.random().toString(16).slice(2, 10)}`,
+      clean: false,
+      reconnectPeriod: 100,
+      connectTimeout: 2000,
+      ...options,
+    });
+    client.on('error', () => undefined);
+    await withTimeout(new Promise<void>((resolve) => client.once('connect', () => resolve())), 5000, `the counting subscriber to connect to ${url}`);
+    await client.subscribeAsync(filter, { qos: 1 });
+    return new RemoteCounter(client);
+  }
+
+  /** Resolves once every expected payload arrived at least once. */
+  async waitForAll(expected: readonly string[], timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const seen = new Set(this.payloads);
+      const missing = expected.filter((payload) => !seen.has(payload));
+      if (missing.length === 0) return;
+      if (Date.now() > deadline) {
+        throw new Error(`timed out after ${timeoutMs} ms: ${missing.length} of ${expected.length} messages missing, first ${missing.slice(0, 5).join(', ')}`);
+      }
+      await delay(25);
+    }
+  }
+
+  report(expected: readonly string[]): DeliveryReport {
+    const firstIndex = new Map<string, number>();
+    let duplicates = 0;
+    this.payloads.forEach((payload, index) => {
+      if (firstIndex.has(payload)) duplicates++;
+      else firstIndex.set(payload, index);
+    });
+    const missing = expected.filter((payload) => !firstIndex.has(payload));
+    let outOfOrder = 0;
+    let last = -1;
+    for (const payload of expected) {
+      const index = firstIndex.get(payload);
+      if (index === undefined) continue;
+      if (index < last) outOfOrder++;
+      else last = index;
+    }
+    return { received: this.payloads.length, missing, duplicates, outOfOrder };
+  }
+
+  async close(): Promise<void> {
+    await this.client.endAsync(true);
+  }
 }

@@ -36,7 +36,7 @@ function printReport(report: ScenarioReport): void {
   );
   console.log(
     `    sensor lines sent while outpost was down: ${report.sensorWhileDown.sent}, of which ${report.sensorWhileDown.arrived} arrived ` +
-      '(a serial port that nobody has open drops what it receives, so these were never taken)',
+      '(a serial port that no process has open drops what it receives, so these were never taken)',
   );
 }
 

@@ -16,12 +16,10 @@ import { closeSync, openSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import mqtt, { type MqttClient } from 'mqtt';
-
 import { createPtyPair, startRtuDevice, type DeviceSpec, type PtyPair, type ServedRead, type TestDevice } from '../fixtures/modbus-device.js';
 import { OutpostProcess } from '../helpers/outpost-process.js';
-import { freePort, RemoteMosquitto } from '../helpers/mosquitto-process.js';
-import { delay, waitFor, withTimeout } from '../helpers/wait.js';
+import { freePort, RemoteCounter, RemoteMosquitto } from '../helpers/mosquitto-process.js';
+import { delay, waitFor } from '../helpers/wait.js';
 
 /** The gateway id the bridge puts in front of every message id. */
 const GATEWAY_ID = 'gw-demo';
@@ -142,38 +140,6 @@ interface CloudMessage {
   topic: string;
   payload: string;
   id: string;
-}
-
-/** A persistent MQTT 5 session at the cloud broker that records every message on the bridged topics. */
-class CloudSubscriber {
-  readonly messages: CloudMessage[] = [];
-
-  private constructor(readonly client: MqttClient) {
-    client.on('message', (topic, payload, packet) => {
-      const id = packet.properties?.userProperties?.['outpost-message-id'];
-      this.messages.push({ topic, payload: payload.toString(), id: typeof id === 'string' ? id : '' });
-    });
-  }
-
-  static async connect(cloud: RemoteMosquitto): Promise<CloudSubscriber> {
-    const client = mqtt.connect(cloud.url, {
-      clientId: 'cloud-recorder',
-      protocolVersion: 5,
-      clean: false,
-      // The session, with the messages queued for it, outlives a stop of the cloud broker.
-      properties: { sessionExpiryInterval: 3600 },
-      reconnectPeriod: 200,
-      connectTimeout: 2000,
-    });
-    client.on('error', () => undefined);
-    await withTimeout(new Promise<void>((resolve) => client.once('connect', () => resolve())), 5000, 'the cloud subscriber to connect');
-    await client.subscribeAsync(`${REMOTE_PREFIX}#`, { qos: 1 });
-    return new CloudSubscriber(client);
-  }
-
-  async close(): Promise<void> {
-    await this.client.endAsync(true);
-  }
 }
 
 /** Writes `SEQ=<n> T=<value>` lines to the sensor end of a pty pair once a second. */
@@ -352,7 +318,13 @@ export async function runFieldScenario(options: ScenarioOptions = {}): Promise<S
     // The cloud: Debian's mosquitto, persistence on, and a persistent subscriber.
     const cloud = await RemoteMosquitto.start({ persistence: true });
     cleanups.push(() => cloud.remove());
-    const subscriber = await CloudSubscriber.connect(cloud);
+    // An MQTT 5 session that, with the messages queued for it, outlives a stop of the cloud broker.
+    const subscriber = await RemoteCounter.connect(cloud.url, `${REMOTE_PREFIX}#`, {
+      clientId: 'cloud-recorder',
+      protocolVersion: 5,
+      properties: { sessionExpiryInterval: 3600 },
+      reconnectPeriod: 200,
+    });
     cleanups.push(() => subscriber.close());
     say(`cloud broker: Debian's mosquitto on ${cloud.address}, a subscriber records ${REMOTE_PREFIX}#`);
 
@@ -414,11 +386,11 @@ export async function runFieldScenario(options: ScenarioOptions = {}): Promise<S
         'a moment without Modbus or sensor traffic',
       );
     };
-    const countAt = (suffix: string): number => subscriber.messages.filter((message) => message.topic.endsWith(suffix)).length;
+    const countAt = (suffix: string): number => subscriber.topics.filter((topic) => topic.endsWith(suffix)).length;
 
     // 1. Normal flow.
     await waitFor(() => countAt('meter-2/counter') >= 3 && countAt('weather/SEQ') >= 3, phaseMs + 15_000, 'readings of both units and the sensor at the cloud', 50);
-    say(`normal flow: ${subscriber.messages.length} messages at the cloud so far`);
+    say(`normal flow: ${subscriber.payloads.length} messages at the cloud so far`);
 
     // 2. The cloud broker stops; readings go on into the outbox.
     await cloud.stop('SIGTERM');
@@ -477,7 +449,8 @@ export async function runFieldScenario(options: ScenarioOptions = {}): Promise<S
     logs.push(gateway.stderr);
     await gateway.stop('SIGTERM');
 
-    const report = buildReport(subscriber.messages, devices, sensor, { downFrom, downUntil });
+    const messages = subscriber.topics.map((topic, index) => ({ topic, payload: subscriber.payloads[index] ?? '', id: subscriber.messageIds[index] ?? '' }));
+    const report = buildReport(messages, devices, sensor, { downFrom, downUntil });
     return {
       ...report,
       backlog: { beforeKill, afterRestart, peak, final: metrics.backlog },
